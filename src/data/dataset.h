@@ -1,0 +1,53 @@
+// The data-set abstraction shared by every source of training / evaluation images
+// (IDX files such as Fashion-MNIST, image folders) and the spec-string factory the CLI uses.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/types.h>
+
+namespace hd::data {
+
+// A random-access, read-only collection of labelled images.
+//
+// Implementations must make every const method safe to call concurrently from several threads:
+// the DataLoader's workers call image() / label() / source() in parallel without locking.
+class Dataset {
+ public:
+  virtual ~Dataset();
+
+  virtual size_t size() const = 0;
+
+  // Class index in [0, class_names().size()).
+  virtual int64_t label(size_t i) const = 0;
+
+  // The decoded image as uint8 [C,H,W], contiguous, owned by the caller (modifying it never
+  // changes the data set). Throws hd::Error naming the file (see source()) when the image
+  // cannot be read or decoded.
+  virtual torch::Tensor image(size_t i) const = 0;
+
+  // Where sample i comes from, for messages: a path, or "file.gz#123" for packed formats.
+  virtual std::string source(size_t i) const = 0;
+
+  virtual std::vector<std::string> class_names() const = 0;
+
+  // Short human-readable description, e.g. "fashion-mnist/train" or "image-folder:/data/x".
+  virtual std::string name() const = 0;
+};
+
+// Opens a data set from a spec string, as given on the command line:
+//   "fashion-mnist"        Fashion-MNIST from /usr/share/datasets/fashion-mnist (Debian package
+//                          dataset-fashion-mnist);
+//   "fashion-mnist:DIR"    Fashion-MNIST IDX files in DIR;
+//   "DIR" or "folder:DIR"  an image folder (DIR/<class>/<images>); if DIR/<split> exists it is
+//                          used, otherwise DIR itself (then every split sees the same images).
+// split is "train", "val" or "test". Fashion-MNIST has no validation split: "val" and "test"
+// both give the 10,000-image t10k set.
+// Throws hd::Error for an unknown spec / split or anything that fails to open.
+std::shared_ptr<Dataset> open_dataset(const std::string& spec, const std::string& split);
+
+}  // namespace hd::data

@@ -1,0 +1,211 @@
+#include "data/image_codec.h"
+
+#include <png.h>
+#include <turbojpeg.h>
+
+#include <cctype>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+
+#include <torch/torch.h>
+
+#include "util/common.h"
+
+namespace hd::data {
+
+namespace {
+
+struct TjDeleter {
+  void operator()(void* h) const {
+    if (h) tjDestroy(h);
+  }
+};
+using TjHandle = std::unique_ptr<void, TjDeleter>;
+
+// TurboJPEG handles are not thread-safe but are relatively costly to create (they allocate the
+// libjpeg state); one per thread serves every image that thread decodes.
+TjHandle& thread_decompressor_slot() {
+  thread_local TjHandle handle;
+  return handle;
+}
+
+tjhandle thread_decompressor() {
+  TjHandle& handle = thread_decompressor_slot();
+  if (!handle) handle.reset(tjInitDecompress());
+  if (!handle) throw Error(std::string("TurboJPEG: cannot create a decompressor: ") + tjGetErrorStr2(nullptr));
+  return handle.get();
+}
+
+// After a failure libjpeg-turbo 2.x can leave the handle mid-header (tjDecompressHeader3 returns
+// without aborting the decompressor), and the next, valid, image then fails with a stale error.
+// A failed handle is therefore discarded; the message must be read before.
+[[noreturn]] void fail_and_discard_decompressor(const std::string& message) {
+  thread_decompressor_slot().reset();
+  throw Error(message);
+}
+
+bool has_prefix(const uint8_t* data, size_t size, const unsigned char* sig, size_t n) {
+  return size >= n && std::memcmp(data, sig, n) == 0;
+}
+
+bool contains_ci(std::string haystack, std::string needle) {
+  for (auto& c : haystack) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (auto& c : needle) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return haystack.find(needle) != std::string::npos;
+}
+
+void check_dims(int64_t w, int64_t h, const std::string& source, const char* kind) {
+  if (w <= 0 || h <= 0) throw Error(source + ": invalid " + kind + " dimensions " + std::to_string(w) + "x" + std::to_string(h));
+  if (w * h > kMaxImagePixels)
+    throw Error(source + ": " + kind + " of " + std::to_string(w) + "x" + std::to_string(h) + " pixels exceeds the limit of " +
+                std::to_string(kMaxImagePixels) + " pixels");
+}
+
+torch::Tensor decode_jpeg(const uint8_t* data, size_t size, const std::string& source) {
+  tjhandle tj = thread_decompressor();
+  auto* buf = const_cast<unsigned char*>(data);  // TurboJPEG 2.x takes non-const input buffers
+  const auto len = static_cast<unsigned long>(size);
+  int width = 0, height = 0, subsamp = 0, colorspace = 0;
+  if (tjDecompressHeader3(tj, buf, len, &width, &height, &subsamp, &colorspace) != 0)
+    fail_and_discard_decompressor(source + ": invalid JPEG: " + tjGetErrorStr2(tj));
+  check_dims(width, height, source, "JPEG");
+
+  // CMYK / YCCK JPEGs can only be decompressed to CMYK. Practically all of them come from Adobe
+  // software, which stores inverted CMYK; RGB = C*K/255 on the stored values is then what PIL
+  // (and OpenCV) produce. ImageNet contains a few dozen such files.
+  const bool cmyk = colorspace == TJCS_CMYK || colorspace == TJCS_YCCK;
+  const int channels = cmyk ? 4 : 3;
+  torch::Tensor hwc = torch::empty({height, width, channels}, torch::kUInt8);
+  if (tjDecompress2(tj, buf, len, hwc.data_ptr<uint8_t>(), width, 0, height, cmyk ? TJPF_CMYK : TJPF_RGB, 0) != 0) {
+    const std::string msg = tjGetErrorStr2(tj);
+    // Warnings leave a usable image (e.g. "Corrupt JPEG data: N extraneous bytes"), except the
+    // end-of-file warning: libjpeg then pads the missing part with gray, which we refuse to train on.
+    if (tjGetErrorCode(tj) != TJERR_WARNING || contains_ci(msg, "premature end"))
+      fail_and_discard_decompressor(source + ": cannot decode JPEG: " + msg);
+  }
+  if (cmyk) {
+    torch::Tensor rgb = torch::empty({height, width, 3}, torch::kUInt8);
+    const uint8_t* in = hwc.data_ptr<uint8_t>();
+    uint8_t* out = rgb.data_ptr<uint8_t>();
+    const int64_t n = int64_t{width} * height;
+    for (int64_t p = 0; p < n; ++p, in += 4, out += 3) {
+      const unsigned k = in[3];
+      for (int c = 0; c < 3; ++c) out[c] = static_cast<uint8_t>((in[c] * k + 127) / 255);
+    }
+    hwc = rgb;
+  }
+  return hwc.permute({2, 0, 1}).contiguous();
+}
+
+torch::Tensor decode_png(const uint8_t* data, size_t size, const std::string& source) {
+  png_image img;
+  std::memset(&img, 0, sizeof(img));
+  img.version = PNG_IMAGE_VERSION;
+  // Frees libpng's state on every exit path (png_image_free is a no-op once finish_read ran).
+  struct Guard {
+    png_image* p;
+    ~Guard() { png_image_free(p); }
+  } guard{&img};
+
+  if (!png_image_begin_read_from_memory(&img, data, size)) throw Error(source + ": invalid PNG: " + img.message);
+  check_dims(img.width, img.height, source, "PNG");
+  // Keep the alpha channel if there is one and drop it afterwards: libpng would otherwise
+  // composite onto a background, while PIL's convert("RGB") keeps the colour values as they are.
+  const bool alpha = (img.format & PNG_FORMAT_FLAG_ALPHA) != 0;
+  img.format = alpha ? PNG_FORMAT_RGBA : PNG_FORMAT_RGB;
+  img.flags |= PNG_IMAGE_FLAG_16BIT_sRGB;
+  const int channels = alpha ? 4 : 3;
+  torch::Tensor hwc = torch::empty({int64_t{img.height}, int64_t{img.width}, channels}, torch::kUInt8);
+  if (!png_image_finish_read(&img, nullptr, hwc.data_ptr<uint8_t>(), 0, nullptr))
+    throw Error(source + ": cannot decode PNG: " + img.message);
+  if (alpha) hwc = hwc.narrow(2, 0, 3);
+  return hwc.permute({2, 0, 1}).contiguous();
+}
+
+// [C,H,W] uint8 with C in {1,3} -> contiguous [H,W,C] for the encoders.
+torch::Tensor to_hwc(const torch::Tensor& u8_chw, const char* what) {
+  if (u8_chw.dim() != 3 || u8_chw.scalar_type() != torch::kUInt8 || (u8_chw.size(0) != 1 && u8_chw.size(0) != 3))
+    throw Error(std::string(what) + ": expected a uint8 [C,H,W] tensor with C = 1 or 3, got " +
+                std::string(u8_chw.toString()) + " of shape " + c10::str(u8_chw.sizes()));
+  if (u8_chw.size(1) == 0 || u8_chw.size(2) == 0) throw Error(std::string(what) + ": empty image");
+  return u8_chw.permute({1, 2, 0}).contiguous();
+}
+
+}  // namespace
+
+torch::Tensor decode_image(const uint8_t* data, size_t size, const std::string& source) {
+  static const unsigned char kJpeg[] = {0xFF, 0xD8, 0xFF};
+  static const unsigned char kPng[] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+  if (size == 0) throw Error(source + ": empty file");
+  if (has_prefix(data, size, kJpeg, sizeof(kJpeg))) return decode_jpeg(data, size, source);
+  if (has_prefix(data, size, kPng, sizeof(kPng))) return decode_png(data, size, source);
+  throw Error(source + ": not a JPEG or PNG file (unrecognised signature)");
+}
+
+std::vector<uint8_t> read_file_bytes(const std::string& path) {
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
+  if (!f) throw Error(path + ": cannot open: " + std::strerror(errno));
+  std::vector<uint8_t> bytes;
+  if (std::fseek(f.get(), 0, SEEK_END) == 0) {
+    long n = std::ftell(f.get());
+    if (n > 0) bytes.reserve(static_cast<size_t>(n));
+    std::rewind(f.get());
+  }
+  // Read to EOF rather than trusting the size: the file may change or be a pipe.
+  uint8_t chunk[1 << 16];
+  size_t got;
+  while ((got = std::fread(chunk, 1, sizeof(chunk), f.get())) > 0) bytes.insert(bytes.end(), chunk, chunk + got);
+  if (std::ferror(f.get())) throw Error(path + ": read failed: " + std::strerror(errno));
+  return bytes;
+}
+
+torch::Tensor load_image(const std::string& path) {
+  std::vector<uint8_t> bytes = read_file_bytes(path);
+  return decode_image(bytes.data(), bytes.size(), path);
+}
+
+std::vector<uint8_t> encode_jpeg(const torch::Tensor& u8_chw, int quality) {
+  torch::Tensor hwc = to_hwc(u8_chw, "encode_jpeg");
+  const bool gray = hwc.size(2) == 1;
+  TjHandle tj(tjInitCompress());
+  if (!tj) throw Error(std::string("TurboJPEG: cannot create a compressor: ") + tjGetErrorStr2(nullptr));
+  unsigned char* out = nullptr;
+  unsigned long out_size = 0;
+  int rc = tjCompress2(tj.get(), hwc.data_ptr<uint8_t>(), static_cast<int>(hwc.size(1)), 0,
+                       static_cast<int>(hwc.size(0)), gray ? TJPF_GRAY : TJPF_RGB, &out, &out_size,
+                       gray ? TJSAMP_GRAY : TJSAMP_420, quality, 0);
+  std::unique_ptr<unsigned char, void (*)(unsigned char*)> owned(out, [](unsigned char* p) { tjFree(p); });
+  if (rc != 0) throw Error(std::string("encode_jpeg: ") + tjGetErrorStr2(tj.get()));
+  return std::vector<uint8_t>(out, out + out_size);
+}
+
+std::vector<uint8_t> encode_png(const torch::Tensor& u8_chw) {
+  torch::Tensor hwc = to_hwc(u8_chw, "encode_png");
+  png_image img;
+  std::memset(&img, 0, sizeof(img));
+  img.version = PNG_IMAGE_VERSION;
+  img.width = static_cast<png_uint_32>(hwc.size(1));
+  img.height = static_cast<png_uint_32>(hwc.size(0));
+  img.format = hwc.size(2) == 1 ? PNG_FORMAT_GRAY : PNG_FORMAT_RGB;
+  png_alloc_size_t size = 0;
+  // First call computes the size, second one writes.
+  if (!png_image_write_to_memory(&img, nullptr, &size, 0, hwc.data_ptr<uint8_t>(), 0, nullptr))
+    throw Error(std::string("encode_png: ") + img.message);
+  std::vector<uint8_t> bytes(size);
+  if (!png_image_write_to_memory(&img, bytes.data(), &size, 0, hwc.data_ptr<uint8_t>(), 0, nullptr))
+    throw Error(std::string("encode_png: ") + img.message);
+  bytes.resize(size);
+  return bytes;
+}
+
+void write_file_bytes(const std::string& path, const std::vector<uint8_t>& bytes) {
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(path.c_str(), "wb"), &std::fclose);
+  if (!f) throw Error(path + ": cannot create: " + std::strerror(errno));
+  if (!bytes.empty() && std::fwrite(bytes.data(), 1, bytes.size(), f.get()) != bytes.size())
+    throw Error(path + ": write failed: " + std::strerror(errno));
+  if (std::fclose(f.release()) != 0) throw Error(path + ": write failed: " + std::strerror(errno));
+}
+
+}  // namespace hd::data
