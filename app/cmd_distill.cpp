@@ -1,0 +1,138 @@
+// `distill` (train a student from a recipe) and `dump-step` (one forward, every tensor out).
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <torch/torch.h>
+
+#include "app/commands.h"
+#include "data/dataset.h"
+#include "distill/hybrid.h"
+#include "distill/recipe.h"
+#include "distill/task.h"
+#include "io/safetensors.h"
+#include "train/trainer.h"
+#include "util/common.h"
+
+namespace hd::cli {
+
+namespace fs = std::filesystem;
+
+namespace {
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+distill::HybridDistiller build_distiller(const distill::Recipe& r, const c10::Device& device) {
+  torch::manual_seed(r.seed);
+  model::VisionTransformer student(r.student);
+  auto teachers = distill::load_teachers(r, device);
+  distill::HybridDistiller d(r, student, std::move(teachers));
+  d->to(device);
+  return d;
+}
+}  // namespace
+
+void add_distill(CLI::App& app) {
+  auto* sub = app.add_subcommand("distill", "Train a student ViT from frozen teachers as a recipe describes");
+  struct Opts {
+    std::string recipe, out;
+    bool resume = false, force = false, quiet = false;
+    int64_t max_steps = -1;
+    Runtime rt;
+  };
+  auto o = std::make_shared<Opts>();
+  sub->add_option("-r,--recipe", o->recipe, "recipe YAML (see configs/)")->required()->check(CLI::ExistingFile);
+  sub->add_option("-o,--out", o->out, "run folder (default: runs/<recipe name>)");
+  sub->add_flag("--resume", o->resume, "continue from the run folder's checkpoint");
+  sub->add_flag("--force", o->force, "start over in a used run folder, or resume despite a changed recipe");
+  sub->add_option("--max-steps", o->max_steps, "stop after this many steps (-1: the recipe's)");
+  sub->add_flag("-q,--quiet", o->quiet, "no progress output");
+  add_runtime_options(sub, o->rt);
+  sub->callback([o] {
+    auto device = apply_runtime(o->rt);
+    auto r = distill::load_recipe(o->recipe);
+    if (o->max_steps >= 0) r.max_steps = o->max_steps;
+    std::string run_dir = o->out.empty() ? "runs/" + r.name : o->out;
+    auto d = build_distiller(r, device);
+    auto ds = data::open_dataset(r.data.dataset, r.data.split);
+    data::DataLoader loader(ds, distill::loader_config(r));
+
+    train::TrainConfig tc;
+    tc.run_dir = run_dir;
+    tc.epochs = r.epochs;
+    tc.max_steps = r.max_steps;
+    tc.lr = r.optim.lr * static_cast<double>(r.batch) / static_cast<double>(r.optim.base_batch);
+    tc.min_lr = r.optim.min_lr;
+    tc.warmup_epochs = r.optim.warmup_epochs;
+    tc.adamw.beta1 = r.optim.beta1;
+    tc.adamw.beta2 = r.optim.beta2;
+    tc.adamw.eps = r.optim.eps;
+    tc.adamw.weight_decay = r.optim.weight_decay;
+    tc.clip_grad = r.optim.clip_grad;
+    tc.seed = r.seed;
+    tc.log_every = r.log_every;
+    tc.checkpoint_every = r.checkpoint_every;
+    tc.resume = o->resume;
+    tc.force = o->force;
+    tc.recipe_text = read_file(o->recipe);
+    tc.device = device;
+    tc.quiet = o->quiet;
+    if (!o->quiet) {
+      std::printf("distill '%s': student %s (%s params), %zu teacher(s), masking %s, %s: %zu images, batch %ld, lr %.3g, "
+                  "%d threads, device %s -> %s\n",
+                  r.name.c_str(), r.student.name.c_str(), with_commas(d->student->num_params()).c_str(),
+                  r.teachers.size(), distill::to_string(r.mask.strategy).c_str(), ds->name().c_str(), ds->size(),
+                  (long)r.batch, tc.lr, torch::get_num_threads(), device.str().c_str(), run_dir.c_str());
+    }
+    distill::DistillTask task(d);
+    auto res = train::train(task, loader, tc);
+    if (!o->quiet && !res.interrupted)
+      std::printf("done: %ld steps in %.1f s, loss %.4f -> %.4f; student: %s/student.safetensors\n", (long)res.steps,
+                  res.seconds, res.first_loss, res.last_loss, run_dir.c_str());
+  });
+
+  auto* dump = app.add_subcommand(
+      "dump-step",
+      "Run one distillation forward on float32 `images` [B,C,H,W] and write mask.keep, target.*, pred.*, loss.*");
+  struct DOpts {
+    std::string recipe, input, out;
+    Runtime rt;
+  };
+  auto d = std::make_shared<DOpts>();
+  dump->add_option("-r,--recipe", d->recipe, "recipe YAML")->required()->check(CLI::ExistingFile);
+  dump->add_option("-i,--input", d->input, ".safetensors with `images` normalised for the student")->required();
+  dump->add_option("-o,--out", d->out, "output .safetensors")->required();
+  add_runtime_options(dump, d->rt);
+  dump->callback([d] {
+    auto device = apply_runtime(d->rt);
+    auto r = distill::load_recipe(d->recipe);
+    auto dist = build_distiller(r, device);
+    auto in = io::SafeTensorsFile::open(d->input);
+    if (!in.contains("images")) throw Error(d->input + ": no tensor named 'images'");
+    auto images = in.load("images");
+    const auto& c = r.student;
+    if (images.scalar_type() != torch::kFloat || images.dim() != 4 || images.size(1) != c.in_chans ||
+        images.size(2) != c.img_size || images.size(3) != c.img_size)
+      throw Error(d->input + ": 'images' must be float32 [B," + std::to_string(c.in_chans) + "," +
+                  std::to_string(c.img_size) + "," + std::to_string(c.img_size) + "]");
+    dist->eval();  // no augmentation, no drop path: a reproducible look at one step
+    torch::manual_seed(r.seed);
+    auto out = dist->forward(images.to(device), /*keep_tensors=*/true);
+    std::vector<std::pair<std::string, torch::Tensor>> tensors;
+    tensors.emplace_back("mask.keep", out.keep.cpu());
+    for (auto& [k, v] : out.targets) tensors.emplace_back("target." + k, v.detach().cpu().contiguous());
+    for (auto& [k, v] : out.preds) tensors.emplace_back("pred." + k, v.detach().cpu().contiguous());
+    for (auto& [k, v] : out.terms) tensors.emplace_back("loss." + k, v.detach().cpu());
+    tensors.emplace_back("loss.total", out.loss.detach().cpu());
+    io::save_safetensors(d->out, tensors, {{"recipe", r.name}});
+    std::printf("%s: kept %ld of %ld patches; loss %.6f over %zu terms; wrote %s\n", d->input.c_str(),
+                (long)out.keep.size(1), (long)c.num_patches(), out.loss.item<double>(), out.terms.size(), d->out.c_str());
+  });
+}
+
+}  // namespace hd::cli

@@ -1,0 +1,38 @@
+// hybrid-distill: command-line entry point.
+#include <iostream>
+
+#include <c10/util/Exception.h>
+
+#include "app/commands.h"
+#include "util/common.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"hybrid-distill " HD_VERSION
+               " - Hybrid Distillation of Vision Transformers from a masked-image-modelling teacher "
+               "and a supervised/contrastive teacher (LibTorch)."};
+  app.require_subcommand(1);
+  app.option_defaults()->always_capture_default();
+  app.set_version_flag("--version", std::string(HD_VERSION));
+  hd::cli::add_presets(app);
+  hd::cli::add_inspect(app);
+  hd::cli::add_init(app);
+  hd::cli::add_features(app);
+  hd::cli::add_data(app);
+  hd::cli::add_distill(app);
+  hd::cli::add_bench(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const hd::Error& e) {
+    std::cerr << "hybrid-distill: error: " << e.what() << "\n";
+    return 1;
+  } catch (const c10::Error& e) {
+    std::cerr << "hybrid-distill: error: " << e.what_without_backtrace() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "hybrid-distill: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
