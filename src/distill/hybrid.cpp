@@ -1,0 +1,244 @@
+#include "distill/hybrid.h"
+
+#include <cmath>
+
+#include <torch/torch.h>
+
+#include "distill/masking.h"
+#include "model/checkpoint.h"
+#include "util/common.h"
+
+namespace hd::distill {
+
+namespace F = torch::nn::functional;
+
+std::vector<Teacher> load_teachers(const Recipe& recipe, const c10::Device& device) {
+  std::vector<Teacher> out;
+  for (const auto& spec : recipe.teachers) {
+    Teacher t;
+    t.spec = spec;
+    // Heads and extra keys (e.g. an MAE decoder) are tolerated in teacher files; every encoder
+    // tensor must be present and of the right shape.
+    model::LoadReport report;
+    t.model = model::load_model(spec.checkpoint, spec.arch, /*strict=*/false, &report);
+    if (!report.missing.empty())
+      throw Error(spec.checkpoint + ": teacher '" + spec.name + "' lacks tensor '" + report.missing.front() + "'" +
+                  (report.missing.size() > 1 ? " and " + std::to_string(report.missing.size() - 1) + " more" : ""));
+    t.model->eval();
+    for (auto& p : t.model->parameters()) p.set_requires_grad(false);
+    t.model->to(device);
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+torch::Tensor smooth_l1(const torch::Tensor& pred, const torch::Tensor& target, double beta) {
+  return torch::smooth_l1_loss(pred, target, at::Reduction::Mean, beta);
+}
+
+torch::Tensor gather_tokens(const torch::Tensor& x, const torch::Tensor& keep, int64_t prefix, bool include_prefix) {
+  const int64_t B = x.size(0), D = x.size(2);
+  auto idx = keep + prefix;
+  auto patches = x.gather(1, idx.unsqueeze(-1).expand({B, idx.size(1), D}));
+  if (!include_prefix || prefix == 0) return patches;
+  return torch::cat({x.slice(1, 0, prefix), patches}, 1);
+}
+
+torch::Tensor gather_relation(const torch::Tensor& r, const torch::Tensor& keep, int64_t prefix, bool include_prefix) {
+  const int64_t B = r.size(0), H = r.size(1), N = r.size(2);
+  auto idx = keep + prefix;
+  if (include_prefix && prefix > 0) {
+    auto pre = torch::arange(prefix, keep.options()).unsqueeze(0).expand({B, prefix});
+    idx = torch::cat({pre, idx}, 1);
+  }
+  const int64_t n = idx.size(1);
+  auto rows = r.gather(2, idx.view({B, 1, n, 1}).expand({B, H, n, N}));  // kept rows
+  return rows.gather(3, idx.view({B, 1, 1, n}).expand({B, H, n, n}));    // and kept columns
+}
+
+HybridDistillerImpl::HybridDistillerImpl(const Recipe& recipe, model::VisionTransformer s, std::vector<Teacher> teachers)
+    : recipe_(recipe), teachers_(std::move(teachers)) {
+  student = register_module("student", s);
+  const auto& sc = student->config();
+  teacher_taps_.resize(teachers_.size());
+  student_taps_.features = false;
+  for (size_t ti = 0; ti < teachers_.size(); ++ti) {
+    auto& taps = teacher_taps_[ti];
+    taps.features = false;
+    const auto& tc = teachers_[ti].model->config();
+    for (const auto& tg : teachers_[ti].spec.targets) {
+      bool token_level = tg.kind != TargetKind::Relation;
+      if (tg.kind == TargetKind::Features) {
+        taps.features = true;
+        student_taps_.features = true;
+      }
+      for (size_t k = 0; k < std::max<size_t>(1, tg.layers.size()); ++k) {
+        if (tg.kind == TargetKind::Block) {
+          taps.block.insert(tg.layers[k]);
+          student_taps_.block.insert(tg.student_layers[k]);
+        } else if (tg.kind == TargetKind::Msa) {
+          taps.msa.insert(tg.layers[k]);
+          student_taps_.msa.insert(tg.student_layers[k]);
+        } else if (tg.kind == TargetKind::Relation) {
+          taps.relation.insert(tg.layers[k]);
+          student_taps_.relation.insert(tg.student_layers[k]);
+        }
+        if (token_level && tc.embed_dim != sc.embed_dim) {
+          auto key = term_name(teachers_[ti], tg, k);
+          std::string reg = "proj_" + key;
+          std::replace(reg.begin(), reg.end(), '.', '_');
+          projections.emplace(key, register_module(reg, torch::nn::Linear(sc.embed_dim, tc.embed_dim)));
+        }
+      }
+    }
+    if (recipe_.mask.strategy == MaskStrategy::Progressive || recipe_.mask.strategy == MaskStrategy::Direct) {
+      if (teachers_[ti].spec.name == recipe_.mask.teacher) {
+        mask_teacher_ = ti;
+        for (auto l : recipe_.mask.layers) {
+          if (recipe_.mask.source == MaskSource::BlockInput) taps.block_input.insert(l);
+          else taps.block.insert(l);
+        }
+      }
+    }
+  }
+  // Projections: timm-style init (trunc-normal 0.02, zero bias).
+  torch::NoGradGuard ng;
+  for (auto& [k, p] : projections) {
+    model::trunc_normal_(p->weight, 0.02);
+    p->bias.zero_();
+  }
+}
+
+std::string HybridDistillerImpl::term_name(const Teacher& t, const TargetSpec& s, size_t k) const {
+  return t.spec.name + "." + to_string(s.kind) + "." +
+         (s.kind == TargetKind::Features ? std::string("last") : std::to_string(s.layers[k]));
+}
+
+bool HybridDistillerImpl::decays(const std::string& name, const torch::Tensor& p) const {
+  const std::string prefix = "student.";
+  if (name.rfind(prefix, 0) == 0) return student->decays(name.substr(prefix.size()), p);
+  return p.dim() > 1;
+}
+
+torch::Tensor HybridDistillerImpl::teacher_input(size_t ti, const torch::Tensor& images) const {
+  const auto& sc = student->config();
+  const auto& spec = teachers_[ti].spec;
+  const auto& tc = teachers_[ti].model->config();
+  const auto& tm = spec.mean.empty() ? tc.mean : spec.mean;
+  const auto& ts = spec.std.empty() ? tc.std : spec.std;
+  if (tm == sc.mean && ts == sc.std) return images;
+  auto opts = images.options();
+  auto v = [&](const std::vector<double>& x) {
+    return torch::tensor(std::vector<float>(x.begin(), x.end()), opts.dtype(torch::kFloat)).view({1, -1, 1, 1});
+  };
+  // Undo the student's normalisation, apply the teacher's.
+  return ((images * v(sc.std) + v(sc.mean)) - v(tm)) / v(ts);
+}
+
+torch::Tensor HybridDistillerImpl::compute_mask(const std::vector<torch::Tensor>& teacher_inputs,
+                                                std::vector<model::Taps>& teacher_taps, int64_t B,
+                                                c10::optional<at::Generator> gen) {
+  const auto& sc = student->config();
+  const int64_t P = sc.num_patches();
+  auto device = teacher_inputs.front().device();
+  const auto& m = recipe_.mask;
+  switch (m.strategy) {
+    case MaskStrategy::None: return keep_all(B, P, device);
+    case MaskStrategy::Random: return random_keep(B, P, kept_after_step(P, m.drop_ratio), device, gen);
+    case MaskStrategy::Direct:
+    case MaskStrategy::Progressive: {
+      // Eq. 4: M^0 = all ones; at each layer i in I, among the still-kept tokens of that layer's
+      // input x^i, drop the K% most similar to their average token.
+      const auto& taps = teacher_taps[mask_teacher_];
+      const int64_t prefix = teachers_[mask_teacher_].model->config().num_prefix_tokens();
+      auto keep = keep_all(B, P, device);
+      for (auto l : m.layers) {
+        const auto& x = m.source == MaskSource::BlockInput ? taps.block_input.at(l) : taps.block.at(l);
+        keep = redundant_step(x.slice(1, prefix), keep, m.drop_ratio);
+      }
+      return keep;
+    }
+  }
+  return keep_all(B, P, device);
+}
+
+DistillOutput HybridDistillerImpl::forward(const torch::Tensor& images, bool keep_tensors,
+                                           c10::optional<at::Generator> gen) {
+  const int64_t B = images.size(0);
+  DistillOutput out;
+  // Teachers: frozen, full image, only the layers the recipe needs.
+  std::vector<torch::Tensor> inputs;
+  std::vector<model::Taps> ttaps;
+  {
+    torch::NoGradGuard ng;
+    for (size_t ti = 0; ti < teachers_.size(); ++ti) {
+      inputs.push_back(teacher_input(ti, images));
+      ttaps.push_back(teachers_[ti].model->forward_taps(inputs.back(), teacher_taps_[ti]));
+    }
+    out.keep = compute_mask(inputs, ttaps, B, gen);
+  }
+  // Student: kept patch tokens plus CLS.
+  auto staps = student->forward_taps(images, student_taps_, out.keep);
+  const auto& sc = student->config();
+  const int64_t sprefix = sc.num_prefix_tokens();
+
+  torch::Tensor total;
+  for (size_t ti = 0; ti < teachers_.size(); ++ti) {
+    const auto& tc = teachers_[ti].model->config();
+    const int64_t tprefix = tc.num_prefix_tokens();
+    for (const auto& tg : teachers_[ti].spec.targets) {
+      // CLS participates when asked for and when both models have one.
+      const bool cls = tg.include_cls && tprefix > 0 && sprefix > 0;
+      for (size_t k = 0; k < std::max<size_t>(1, tg.layers.size()); ++k) {
+        auto key = term_name(teachers_[ti], tg, k);
+        torch::Tensor target, pred;
+        if (tg.kind == TargetKind::Relation) {
+          auto tl = tg.layers[k], sl = tg.student_layers[k];
+          target = gather_relation(ttaps[ti].relation.at(tl), out.keep, tprefix, cls);
+          pred = staps.relation.at(sl);
+          if (!cls && sprefix > 0) pred = pred.slice(2, sprefix).slice(3, sprefix);
+          if (!tg.relation_scaled) {
+            // Eq. 2's R = Q·Kᵀ: undo the head_dim^-0.5 of the tapped softmax input.
+            target = target * std::sqrt(static_cast<double>(tc.head_dim()));
+            pred = pred * std::sqrt(static_cast<double>(sc.head_dim()));
+          }
+          if (tg.head_mapping == HeadMapping::Average) {
+            target = target.mean(1, true);
+            pred = pred.mean(1, true);
+          }
+        } else {
+          torch::Tensor t, s;
+          if (tg.kind == TargetKind::Features) {
+            t = ttaps[ti].features;
+            s = staps.features;
+          } else if (tg.kind == TargetKind::Block) {
+            t = ttaps[ti].block.at(tg.layers[k]);
+            s = staps.block.at(tg.student_layers[k]);
+          } else {
+            t = ttaps[ti].msa.at(tg.layers[k]);
+            s = staps.msa.at(tg.student_layers[k]);
+          }
+          target = gather_tokens(t, out.keep, tprefix, cls);
+          pred = cls || sprefix == 0 ? s : s.slice(1, sprefix);
+          auto proj = projections.find(key);
+          if (proj != projections.end()) pred = proj->second(pred);
+          if (tg.norm == TargetNorm::LayerNorm)
+            target = F::layer_norm(target, F::LayerNormFuncOptions({target.size(-1)}).eps(1e-6));
+        }
+        target = target.detach().to(pred.scalar_type());
+        auto term = smooth_l1(pred, target, recipe_.smooth_l1_beta);
+        out.terms.emplace_back(key, term);
+        auto weighted = term * tg.weight;
+        total = total.defined() ? total + weighted : weighted;
+        if (keep_tensors) {
+          out.targets.emplace_back(key, target);
+          out.preds.emplace_back(key, pred);
+        }
+      }
+    }
+  }
+  out.loss = total;
+  return out;
+}
+
+}  // namespace hd::distill

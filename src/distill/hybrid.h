@@ -1,0 +1,78 @@
+// Hybrid Distillation (Eq. 1): a student ViT trained from frozen teachers' targets, with the
+// student seeing only the tokens kept by the (progressive redundant) token mask.
+#pragma once
+
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/linear.h>
+
+#include "distill/recipe.h"
+#include "model/vit.h"
+
+namespace hd::distill {
+
+struct Teacher {
+  TeacherSpec spec;
+  model::VisionTransformer model{nullptr};
+};
+
+// Loads every teacher of the recipe (float32, frozen, eval mode) onto `device`.
+std::vector<Teacher> load_teachers(const Recipe& recipe, const c10::Device& device);
+
+// Smooth L1 (Huber) distance averaged over elements:
+//   d(x) = 0.5 x^2 / beta  if |x| < beta,  |x| - 0.5 beta  otherwise;  beta = 0 gives L1.
+torch::Tensor smooth_l1(const torch::Tensor& pred, const torch::Tensor& target, double beta);
+
+// Gathers token-level tensors at kept tokens. `x` [B,N,D] (or relations [B,H,N,N], gathered on
+// both token axes) with `prefix` leading CLS tokens; `keep` [B,K] patch indices. With
+// include_prefix the prefix tokens come first, then the kept patches in `keep` order.
+torch::Tensor gather_tokens(const torch::Tensor& x, const torch::Tensor& keep, int64_t prefix, bool include_prefix);
+torch::Tensor gather_relation(const torch::Tensor& r, const torch::Tensor& keep, int64_t prefix, bool include_prefix);
+
+struct DistillOutput {
+  torch::Tensor loss;                                           // Σ weight · term
+  std::vector<std::pair<std::string, torch::Tensor>> terms;     // "<teacher>.<kind>.<layer|last>" -> scalar
+  torch::Tensor keep;                                           // [B,K] kept patch indices
+  // Filled with keep_tensors: the targets and predictions exactly as the loss compares them.
+  std::vector<std::pair<std::string, torch::Tensor>> targets, preds;
+};
+
+class HybridDistillerImpl : public torch::nn::Module {
+ public:
+  HybridDistillerImpl(const Recipe& recipe, model::VisionTransformer student, std::vector<Teacher> teachers);
+
+  // `images` normalised with the student's mean/std; each teacher gets them re-normalised with
+  // its own. `gen` drives random masking (and nothing else).
+  DistillOutput forward(const torch::Tensor& images, bool keep_tensors = false,
+                        c10::optional<at::Generator> gen = c10::nullopt);
+
+  // The token mask for a batch (teachers run on the full image; no gradients).
+  torch::Tensor compute_mask(const std::vector<torch::Tensor>& teacher_inputs, std::vector<model::Taps>& teacher_taps,
+                             int64_t batch, c10::optional<at::Generator> gen);
+
+  model::VisionTransformer student{nullptr};
+  // Trained width adapters (student width -> teacher width), discarded after distillation.
+  std::map<std::string, torch::nn::Linear> projections;
+  std::vector<Teacher>& teachers() { return teachers_; }
+  const Recipe& recipe() const { return recipe_; }
+
+  // Whether a named trainable parameter (student.* / proj_*) takes weight decay.
+  bool decays(const std::string& name, const torch::Tensor& p) const;
+
+ private:
+  std::string term_name(const Teacher& t, const TargetSpec& s, size_t layer_idx) const;
+  torch::Tensor teacher_input(size_t ti, const torch::Tensor& images) const;
+
+  Recipe recipe_;
+  std::vector<Teacher> teachers_;  // not registered: frozen, never trained or saved with the student
+  std::vector<model::TapSpec> teacher_taps_;
+  model::TapSpec student_taps_;
+  size_t mask_teacher_ = 0;
+};
+TORCH_MODULE(HybridDistiller);
+
+}  // namespace hd::distill

@@ -1,0 +1,347 @@
+#include "distill/recipe.h"
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+#include <yaml-cpp/yaml.h>
+
+#include "model/checkpoint.h"
+#include "util/common.h"
+
+namespace hd::distill {
+
+namespace fs = std::filesystem;
+
+std::string to_string(TargetKind k) {
+  switch (k) {
+    case TargetKind::Features: return "features";
+    case TargetKind::Block: return "block";
+    case TargetKind::Msa: return "msa";
+    case TargetKind::Relation: return "relation";
+  }
+  return "?";
+}
+
+std::string to_string(MaskStrategy s) {
+  switch (s) {
+    case MaskStrategy::None: return "none";
+    case MaskStrategy::Random: return "random";
+    case MaskStrategy::Direct: return "direct";
+    case MaskStrategy::Progressive: return "progressive";
+  }
+  return "?";
+}
+
+namespace {
+
+// Walks a YAML tree with the current key path, so every message names the file and the key.
+class Reader {
+ public:
+  Reader(std::string origin) : origin_(std::move(origin)) {}
+
+  [[noreturn]] void fail(const std::string& key, const std::string& what) const {
+    throw Error(origin_ + ": " + (key.empty() ? std::string() : "'" + key + "': ") + what);
+  }
+
+  void only_keys(const YAML::Node& n, const std::string& path, const std::set<std::string>& allowed) const {
+    if (!n) return;
+    if (!n.IsMap()) fail(path, "must be a mapping");
+    for (const auto& kv : n) {
+      auto k = kv.first.as<std::string>();
+      if (!allowed.count(k)) {
+        std::string list;
+        for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+        fail(path.empty() ? k : path + "." + k, "unknown key (allowed here: " + list + ")");
+      }
+    }
+  }
+
+  template <class T>
+  void get(const YAML::Node& n, const std::string& key, const std::string& path, T& out) const {
+    if (!n || !n[key]) return;
+    try {
+      out = n[key].as<T>();
+    } catch (const YAML::Exception&) {
+      fail(path.empty() ? key : path + "." + key, "has the wrong type");
+    }
+  }
+
+  const std::string& origin() const { return origin_; }
+
+ private:
+  std::string origin_;
+};
+
+template <class E>
+E parse_enum(const Reader& r, const std::string& key, const std::string& value,
+             const std::vector<std::pair<std::string, E>>& options) {
+  std::string list;
+  for (const auto& [name, e] : options) {
+    if (name == value) return e;
+    list += (list.empty() ? "" : ", ") + name;
+  }
+  r.fail(key, "'" + value + "' is not one of: " + list);
+}
+
+// Plain YAML (maps, lists, scalars) to JSON; scalars become numbers/bools where they parse.
+nlohmann::json yaml_to_json(const YAML::Node& n) {
+  if (n.IsMap()) {
+    nlohmann::json j = nlohmann::json::object();
+    for (const auto& kv : n) j[kv.first.as<std::string>()] = yaml_to_json(kv.second);
+    return j;
+  }
+  if (n.IsSequence()) {
+    nlohmann::json j = nlohmann::json::array();
+    for (const auto& v : n) j.push_back(yaml_to_json(v));
+    return j;
+  }
+  if (n.IsNull()) return nullptr;
+  int64_t i;
+  double d;
+  bool b;
+  if (YAML::convert<int64_t>::decode(n, i)) return i;
+  if (YAML::convert<double>::decode(n, d)) return d;
+  if (YAML::convert<bool>::decode(n, b)) return b;
+  return n.as<std::string>();
+}
+
+}  // namespace
+
+Recipe parse_recipe(const std::string& text, const std::string& origin, const std::string& base_dir) {
+  Reader r(origin);
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    throw Error(origin + ": not valid YAML: " + e.what());
+  }
+  if (!root.IsMap()) throw Error(origin + ": a recipe must be a YAML mapping");
+  r.only_keys(root, "", {"name", "student", "teachers", "masking", "loss", "optim", "data", "train"});
+
+  Recipe rc;
+  rc.origin = origin;
+  r.get(root, "name", "", rc.name);
+
+  // --- student
+  auto st = root["student"];
+  if (!st) r.fail("student", "is required");
+  r.only_keys(st, "student", {"arch", "config", "drop_path"});
+  if (st["arch"] && st["config"]) r.fail("student", "give either 'arch' or 'config', not both");
+  if (st["arch"]) {
+    std::string arch;
+    r.get(st, "arch", "student", arch);
+    try {
+      rc.student = model::preset(arch);
+    } catch (const Error& e) {
+      r.fail("student.arch", e.what());
+    }
+  } else if (st["config"]) {
+    // The model's own strict reader validates the block (unknown keys, types, consistency).
+    rc.student = model::ViTConfig::from_json(yaml_to_json(st["config"]).dump(), origin + " (student.config)");
+  } else {
+    r.fail("student", "needs 'arch' (a preset) or 'config'");
+  }
+  r.get(st, "drop_path", "student", rc.student.drop_path);
+  // A distilled student is a backbone (as a timm MAE/CLIP encoder): no classifier head.
+  // Fine-tuning and probing attach one.
+  rc.student.num_classes = 0;
+  try {
+    rc.student.validate();
+  } catch (const Error& e) {
+    r.fail("student", e.what());
+  }
+
+  // --- teachers
+  auto ts = root["teachers"];
+  if (!ts || !ts.IsSequence() || ts.size() == 0) r.fail("teachers", "needs a list of at least one teacher");
+  std::set<std::string> names;
+  std::vector<model::ViTConfig> tcfgs;
+  for (size_t ti = 0; ti < ts.size(); ++ti) {
+    auto t = ts[ti];
+    std::string path = "teachers[" + std::to_string(ti) + "]";
+    r.only_keys(t, path, {"name", "checkpoint", "arch", "mean", "std", "targets"});
+    TeacherSpec spec;
+    r.get(t, "name", path, spec.name);
+    if (spec.name.empty()) r.fail(path + ".name", "is required");
+    if (!names.insert(spec.name).second) r.fail(path + ".name", "'" + spec.name + "' is used twice");
+    path = "teachers." + spec.name;
+    r.get(t, "checkpoint", path, spec.checkpoint);
+    if (spec.checkpoint.empty()) r.fail(path + ".checkpoint", "is required");
+    if (fs::path(spec.checkpoint).is_relative()) spec.checkpoint = (fs::path(base_dir) / spec.checkpoint).string();
+    if (!fs::exists(spec.checkpoint)) r.fail(path + ".checkpoint", "file not found: " + spec.checkpoint);
+    r.get(t, "arch", path, spec.arch);
+    r.get(t, "mean", path, spec.mean);
+    r.get(t, "std", path, spec.std);
+    model::ViTConfig tc;
+    try {
+      tc = model::checkpoint_config(spec.checkpoint, spec.arch);
+    } catch (const Error& e) {
+      r.fail(path + ".checkpoint", e.what());
+    }
+    if (tc.img_size != rc.student.img_size || tc.patch_size != rc.student.patch_size)
+      r.fail(path, "teacher sees " + std::to_string(tc.img_size) + "px images in " + std::to_string(tc.patch_size) +
+                       "px patches but the student " + std::to_string(rc.student.img_size) + "px in " +
+                       std::to_string(rc.student.patch_size) + "px: tokens must correspond");
+    if (tc.in_chans != rc.student.in_chans) r.fail(path, "teacher and student input channels differ");
+    if (!spec.mean.empty() && static_cast<int64_t>(spec.mean.size()) != tc.in_chans)
+      r.fail(path + ".mean", "needs one value per input channel");
+    if (!spec.std.empty() && static_cast<int64_t>(spec.std.size()) != tc.in_chans)
+      r.fail(path + ".std", "needs one value per input channel");
+    auto targets = t["targets"];
+    if (!targets || !targets.IsSequence() || targets.size() == 0) r.fail(path + ".targets", "needs at least one target");
+    for (size_t k = 0; k < targets.size(); ++k) {
+      auto tg = targets[k];
+      std::string tp = path + ".targets[" + std::to_string(k) + "]";
+      r.only_keys(tg, tp, {"kind", "layers", "student_layers", "weight", "norm", "relation_scaled", "include_cls",
+                           "head_mapping"});
+      TargetSpec ts_;
+      std::string kind = "features", norm = "none", hm = "none";
+      r.get(tg, "kind", tp, kind);
+      ts_.kind = parse_enum<TargetKind>(r, tp + ".kind", kind,
+                                        {{"features", TargetKind::Features}, {"block", TargetKind::Block},
+                                         {"msa", TargetKind::Msa}, {"relation", TargetKind::Relation}});
+      r.get(tg, "layers", tp, ts_.layers);
+      r.get(tg, "student_layers", tp, ts_.student_layers);
+      r.get(tg, "weight", tp, ts_.weight);
+      r.get(tg, "norm", tp, norm);
+      ts_.norm = parse_enum<TargetNorm>(r, tp + ".norm", norm, {{"none", TargetNorm::None}, {"layernorm", TargetNorm::LayerNorm}});
+      r.get(tg, "relation_scaled", tp, ts_.relation_scaled);
+      r.get(tg, "include_cls", tp, ts_.include_cls);
+      r.get(tg, "head_mapping", tp, hm);
+      ts_.head_mapping = parse_enum<HeadMapping>(r, tp + ".head_mapping", hm, {{"none", HeadMapping::None}, {"average", HeadMapping::Average}});
+      if (ts_.weight < 0) r.fail(tp + ".weight", "must be >= 0");
+      if (ts_.kind == TargetKind::Features) {
+        if (!ts_.layers.empty() || !ts_.student_layers.empty())
+          r.fail(tp, "'features' is the teacher's final output; it takes no layers");
+      } else {
+        if (ts_.layers.empty()) r.fail(tp + ".layers", "is required for kind '" + kind + "'");
+        if (ts_.student_layers.empty()) ts_.student_layers = ts_.layers;
+        if (ts_.student_layers.size() != ts_.layers.size())
+          r.fail(tp + ".student_layers", "needs one student layer per teacher layer");
+        for (auto l : ts_.layers)
+          if (l < 0 || l >= tc.depth)
+            r.fail(tp + ".layers", "layer " + std::to_string(l) + " is out of range for the " + std::to_string(tc.depth) +
+                                       "-block teacher");
+        for (auto l : ts_.student_layers)
+          if (l < 0 || l >= rc.student.depth)
+            r.fail(tp + ".student_layers", "layer " + std::to_string(l) + " is out of range for the " +
+                                               std::to_string(rc.student.depth) + "-block student");
+      }
+      if (ts_.kind == TargetKind::Relation && tc.num_heads != rc.student.num_heads &&
+          ts_.head_mapping == HeadMapping::None)
+        r.fail(tp + ".head_mapping", "teacher has " + std::to_string(tc.num_heads) + " heads, student " +
+                                         std::to_string(rc.student.num_heads) +
+                                         ": choose a mapping (head_mapping: average)");
+      spec.targets.push_back(ts_);
+    }
+    rc.teachers.push_back(spec);
+    tcfgs.push_back(tc);
+  }
+
+  // --- masking
+  auto mk = root["masking"];
+  r.only_keys(mk, "masking", {"strategy", "teacher", "layers", "drop_ratio", "source"});
+  std::string strategy = "none", source = "input";
+  r.get(mk, "strategy", "masking", strategy);
+  rc.mask.strategy = parse_enum<MaskStrategy>(r, "masking.strategy", strategy,
+                                              {{"none", MaskStrategy::None}, {"random", MaskStrategy::Random},
+                                               {"direct", MaskStrategy::Direct}, {"progressive", MaskStrategy::Progressive}});
+  r.get(mk, "teacher", "masking", rc.mask.teacher);
+  r.get(mk, "layers", "masking", rc.mask.layers);
+  r.get(mk, "drop_ratio", "masking", rc.mask.drop_ratio);
+  r.get(mk, "source", "masking", source);
+  rc.mask.source = parse_enum<MaskSource>(r, "masking.source", source,
+                                          {{"input", MaskSource::BlockInput}, {"output", MaskSource::BlockOutput}});
+  if (rc.mask.drop_ratio < 0 || rc.mask.drop_ratio >= 1) r.fail("masking.drop_ratio", "must be in [0, 1)");
+  if (rc.mask.strategy == MaskStrategy::Progressive || rc.mask.strategy == MaskStrategy::Direct) {
+    if (rc.mask.teacher.empty()) rc.mask.teacher = rc.teachers.front().name;
+    size_t ti = 0;
+    while (ti < rc.teachers.size() && rc.teachers[ti].name != rc.mask.teacher) ++ti;
+    if (ti == rc.teachers.size()) r.fail("masking.teacher", "no teacher named '" + rc.mask.teacher + "'");
+    const int64_t L = tcfgs[ti].depth;
+    if (rc.mask.layers.empty()) {
+      if (rc.mask.strategy == MaskStrategy::Progressive) rc.mask.layers = {0, L / 3, 2 * L / 3};
+      else rc.mask.layers = {L - 1};
+    }
+    for (auto l : rc.mask.layers)
+      if (l < 0 || l >= L) r.fail("masking.layers", "layer " + std::to_string(l) + " is out of range for teacher '" + rc.mask.teacher + "'");
+    for (size_t i = 1; i < rc.mask.layers.size(); ++i)
+      if (rc.mask.layers[i] <= rc.mask.layers[i - 1]) r.fail("masking.layers", "must be strictly increasing");
+  } else if (mk && mk["layers"]) {
+    r.fail("masking.layers", "only progressive and direct masking use layers");
+  }
+
+  // --- loss
+  auto ls = root["loss"];
+  r.only_keys(ls, "loss", {"type", "beta"});
+  std::string ltype = "smooth_l1";
+  r.get(ls, "type", "loss", ltype);
+  if (ltype != "smooth_l1") r.fail("loss.type", "only smooth_l1 is implemented");
+  r.get(ls, "beta", "loss", rc.smooth_l1_beta);
+  if (rc.smooth_l1_beta < 0) r.fail("loss.beta", "must be >= 0");
+
+  // --- optim
+  auto op = root["optim"];
+  r.only_keys(op, "optim", {"lr", "base_batch", "min_lr", "weight_decay", "betas", "eps", "warmup_epochs", "clip_grad"});
+  r.get(op, "lr", "optim", rc.optim.lr);
+  r.get(op, "base_batch", "optim", rc.optim.base_batch);
+  r.get(op, "min_lr", "optim", rc.optim.min_lr);
+  r.get(op, "weight_decay", "optim", rc.optim.weight_decay);
+  std::vector<double> betas;
+  r.get(op, "betas", "optim", betas);
+  if (!betas.empty()) {
+    if (betas.size() != 2) r.fail("optim.betas", "needs two values");
+    rc.optim.beta1 = betas[0];
+    rc.optim.beta2 = betas[1];
+  }
+  r.get(op, "eps", "optim", rc.optim.eps);
+  r.get(op, "warmup_epochs", "optim", rc.optim.warmup_epochs);
+  r.get(op, "clip_grad", "optim", rc.optim.clip_grad);
+  if (rc.optim.lr <= 0) r.fail("optim.lr", "must be positive");
+  if (rc.optim.base_batch <= 0) r.fail("optim.base_batch", "must be positive");
+
+  // --- data
+  auto dt = root["data"];
+  r.only_keys(dt, "data", {"dataset", "split", "augment", "scale", "hflip", "workers"});
+  r.get(dt, "dataset", "data", rc.data.dataset);
+  r.get(dt, "split", "data", rc.data.split);
+  r.get(dt, "augment", "data", rc.data.augment);
+  std::vector<double> scale;
+  r.get(dt, "scale", "data", scale);
+  if (!scale.empty()) {
+    if (scale.size() != 2 || scale[0] <= 0 || scale[0] > scale[1] || scale[1] > 1)
+      r.fail("data.scale", "needs [min, max] with 0 < min <= max <= 1");
+    rc.data.scale_min = scale[0];
+    rc.data.scale_max = scale[1];
+  }
+  r.get(dt, "hflip", "data", rc.data.hflip);
+  r.get(dt, "workers", "data", rc.data.workers);
+
+  // --- train
+  auto tr = root["train"];
+  r.only_keys(tr, "train", {"epochs", "max_steps", "batch", "seed", "log_every", "checkpoint_every"});
+  r.get(tr, "epochs", "train", rc.epochs);
+  r.get(tr, "max_steps", "train", rc.max_steps);
+  r.get(tr, "batch", "train", rc.batch);
+  r.get(tr, "seed", "train", rc.seed);
+  r.get(tr, "log_every", "train", rc.log_every);
+  r.get(tr, "checkpoint_every", "train", rc.checkpoint_every);
+  if (rc.epochs <= 0) r.fail("train.epochs", "must be positive");
+  if (rc.batch <= 0) r.fail("train.batch", "must be positive");
+  if (rc.max_steps < 0) r.fail("train.max_steps", "must be >= 0");
+  return rc;
+}
+
+Recipe load_recipe(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw Error(path + ": cannot open recipe");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  auto dir = fs::path(path).parent_path();
+  return parse_recipe(ss.str(), path, dir.empty() ? "." : dir.string());
+}
+
+}  // namespace hd::distill

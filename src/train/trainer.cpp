@@ -1,0 +1,278 @@
+#include "train/trainer.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "io/safetensors.h"
+#include "model/checkpoint.h"
+#include "util/common.h"
+
+namespace hd::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+extern "C" void on_signal(int) { g_stop.store(true); }
+
+std::string hash_text(const std::string& s) {
+  return std::to_string(std::hash<std::string>{}(s));
+}
+
+std::string fmt_duration(double s) {
+  char buf[32];
+  long t = static_cast<long>(s);
+  if (t >= 3600) std::snprintf(buf, sizeof buf, "%ldh%02ldm", t / 3600, (t % 3600) / 60);
+  else std::snprintf(buf, sizeof buf, "%ldm%02lds", t / 60, t % 60);
+  return buf;
+}
+
+struct Position {
+  int64_t step = 0, epoch = 0, batch = 0;  // next step to run; epoch and batch index within it
+};
+
+}  // namespace
+
+void request_stop() { g_stop.store(true); }
+
+TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg) {
+  fs::create_directories(cfg.run_dir);
+  {
+    // Fail early (before hours of work) if the run folder is not writable.
+    std::string probe = (fs::path(cfg.run_dir) / ".write_test").string();
+    std::FILE* f = std::fopen(probe.c_str(), "w");
+    if (!f) throw Error(cfg.run_dir + ": run folder is not writable");
+    std::fclose(f);
+    std::remove(probe.c_str());
+  }
+  const std::string ckpt_path = (fs::path(cfg.run_dir) / "checkpoint.safetensors").string();
+  const std::string metrics_path = (fs::path(cfg.run_dir) / "metrics.jsonl").string();
+  const std::string recipe_hash = hash_text(cfg.recipe_text);
+
+  auto& module = task.module();
+  module.to(cfg.device);
+  module.train();
+  std::vector<AdamW::Param> params;
+  std::vector<torch::Tensor> plist;
+  for (auto& p : module.named_parameters(true)) {
+    if (!p.value().requires_grad()) continue;
+    params.push_back({p.key(), p.value(), task.decays(p.key(), p.value())});
+    plist.push_back(p.value());
+  }
+  AdamWConfig acfg = cfg.adamw;
+  acfg.lr = cfg.lr;
+  AdamW opt(params, acfg);
+
+  const int64_t per_epoch = loader.batches_per_epoch();
+  if (per_epoch == 0) throw Error("data set '" + loader.dataset().name() + "' yields no batch of the requested size");
+  const int64_t total = cfg.max_steps > 0 ? std::min(cfg.max_steps, cfg.epochs * per_epoch) : cfg.epochs * per_epoch;
+  const int64_t warmup = static_cast<int64_t>(std::llround(cfg.warmup_epochs * per_epoch));
+
+  torch::manual_seed(cfg.seed);
+  Position pos;
+  if (cfg.resume && fs::exists(ckpt_path)) {
+    auto file = io::SafeTensorsFile::open(ckpt_path);
+    const auto& meta = file.metadata();
+    auto h = meta.find("recipe_hash");
+    if (h != meta.end() && h->second != recipe_hash && !cfg.force)
+      throw Error(ckpt_path + ": was written with a different recipe; refusing to resume (use --force to resume anyway)");
+    auto tensors = file.load_all();
+    NamedTensors model_state, rest;
+    for (auto& [k, v] : tensors) {
+      if (k.rfind("model.", 0) == 0) model_state.emplace_back(k.substr(6), v);
+      else rest.emplace_back(k, v);
+    }
+    model::load_state(module, model_state, true, ckpt_path);
+    opt.load_state(rest, ckpt_path);
+    pos.step = std::stoll(meta.at("step"));
+    pos.epoch = std::stoll(meta.at("epoch"));
+    pos.batch = std::stoll(meta.at("batch"));
+    for (auto& [k, v] : rest)
+      if (k == "rng.cpu") {
+        auto gen = at::detail::getDefaultCPUGenerator();
+        std::lock_guard<std::mutex> lock(gen.mutex());
+        gen.set_state(v);
+      }
+    if (!cfg.quiet) std::printf("resumed from %s at step %ld (epoch %ld, batch %ld)\n", ckpt_path.c_str(), (long)pos.step, (long)pos.epoch, (long)pos.batch);
+  } else if (cfg.resume && !cfg.quiet) {
+    std::printf("no checkpoint in %s: starting from scratch\n", cfg.run_dir.c_str());
+  }
+  if (pos.step == 0 && fs::exists(ckpt_path) && !cfg.resume && !cfg.force)
+    throw Error(cfg.run_dir + ": already holds a checkpoint; pass --resume to continue it or --force to start over");
+
+  // The effective recipe, next to everything the run writes.
+  if (!cfg.recipe_text.empty())
+    atomic_write_file((fs::path(cfg.run_dir) / "recipe.yaml").string(),
+                      [&](std::FILE* f) { std::fwrite(cfg.recipe_text.data(), 1, cfg.recipe_text.size(), f); });
+
+  // metrics.jsonl: keep the lines of steps already covered by the checkpoint.
+  {
+    std::vector<std::string> keep;
+    std::ifstream in(metrics_path);
+    for (std::string line; std::getline(in, line);) {
+      try {
+        if (nlohmann::json::parse(line).at("step").get<int64_t>() < pos.step) keep.push_back(line);
+      } catch (const std::exception&) {
+      }
+    }
+    std::ofstream out(metrics_path, std::ios::trunc);
+    for (auto& l : keep) out << l << "\n";
+  }
+  std::ofstream metrics(metrics_path, std::ios::app);
+
+  auto save_checkpoint = [&](const Position& p) {
+    NamedTensors all;
+    for (auto& [k, v] : model::state_dict(module)) all.emplace_back("model." + k, v.detach().cpu());
+    for (auto& [k, v] : opt.state()) all.emplace_back(k, v.cpu());
+    {
+      auto gen = at::detail::getDefaultCPUGenerator();
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      all.emplace_back("rng.cpu", gen.get_state());
+    }
+    io::save_safetensors(ckpt_path, all,
+                         {{"step", std::to_string(p.step)},
+                          {"epoch", std::to_string(p.epoch)},
+                          {"batch", std::to_string(p.batch)},
+                          {"recipe_hash", recipe_hash}});
+  };
+
+  g_stop.store(false);
+  auto old_int = std::signal(SIGINT, on_signal);
+  auto old_term = std::signal(SIGTERM, on_signal);
+  struct Restore {
+    decltype(old_int) a, b;
+    ~Restore() {
+      std::signal(SIGINT, a);
+      std::signal(SIGTERM, b);
+    }
+  } restore{old_int, old_term};
+
+  TrainResult result;
+  const int64_t start_step = pos.step;
+  Timer wall;
+  const bool tty = isatty(STDOUT_FILENO);
+  double t_data = 0, t_fwd = 0, t_bwd = 0, t_opt = 0, window_loss = 0;
+  int64_t window_n = 0, images_done = 0;
+  bool first_window = true;
+  std::map<std::string, double> window_terms;
+
+  while (pos.step < total) {
+    loader.start_epoch(pos.epoch, pos.batch);
+    data::Batch batch;
+    while (pos.step < total) {
+      Timer t;
+      if (!loader.next(batch)) break;
+      t_data += t.seconds();
+      const double lr = cosine_lr(pos.step, total, warmup, cfg.lr, cfg.min_lr);
+      t.reset();
+      batch.images = batch.images.to(cfg.device);
+      batch.labels = batch.labels.to(cfg.device);
+      NamedTensors terms;
+      auto loss = task.loss(batch, terms);
+      t_fwd += t.seconds();
+      const double loss_v = loss.item<double>();
+      if (!std::isfinite(loss_v)) {
+        std::string bad = "total";
+        for (auto& [k, v] : terms)
+          if (!std::isfinite(v.item<double>())) bad = k;
+        throw Error("loss became " + std::to_string(loss_v) + " at step " + std::to_string(pos.step) + " (term '" + bad +
+                    "'); the last good checkpoint is " + ckpt_path);
+      }
+      t.reset();
+      opt.zero_grad();
+      loss.backward();
+      t_bwd += t.seconds();
+      t.reset();
+      double gnorm = cfg.clip_grad > 0 ? clip_grad_norm(plist, cfg.clip_grad) : 0.0;
+      opt.step(lr);
+      t_opt += t.seconds();
+
+      ++pos.step;
+      ++pos.batch;
+      images_done += batch.images.size(0);
+      window_loss += loss_v;
+      ++window_n;
+      nlohmann::json rec = {{"step", pos.step - 1}, {"epoch", pos.epoch}, {"lr", lr}, {"loss", loss_v},
+                            {"time", wall.seconds()}};
+      if (cfg.clip_grad > 0) rec["grad_norm"] = gnorm;
+      for (auto& [k, v] : terms) {
+        double x = v.item<double>();
+        rec[k] = x;
+        window_terms[k] += x;
+      }
+      metrics << rec.dump() << "\n";
+
+      const bool log_now = pos.step % std::max<int64_t>(1, cfg.log_every) == 0 || pos.step == total;
+      if (log_now) {
+        double mean = window_loss / window_n;
+        if (first_window) result.first_loss = mean;
+        first_window = false;
+        result.last_loss = mean;
+        metrics.flush();
+        if (!cfg.quiet) {
+          double el = wall.seconds();
+          double ips = images_done / std::max(el, 1e-9);
+          double eta = (total - pos.step) * el / std::max<int64_t>(1, pos.step - start_step);
+          const int width = 20;
+          int filled = static_cast<int>(width * pos.step / std::max<int64_t>(1, total));
+          std::string bar = std::string(filled, '#') + std::string(width - filled, '.');
+          std::string line;
+          char buf[256];
+          std::snprintf(buf, sizeof buf, "ep %ld step %ld/%ld [%s] ETA %s %.0f img/s lr %.2e loss %.4f", (long)pos.epoch + 1,
+                        (long)pos.step, (long)total, bar.c_str(), fmt_duration(eta).c_str(), ips, lr, mean);
+          line = buf;
+          for (auto& [k, v] : window_terms) {
+            std::snprintf(buf, sizeof buf, " %s %.4f", k.c_str(), v / window_n);
+            line += buf;
+          }
+          std::printf(tty ? "\r%s\033[K" : "%s\n", line.c_str());
+          std::fflush(stdout);
+        }
+        window_loss = 0;
+        window_n = 0;
+        window_terms.clear();
+      }
+      if (cfg.checkpoint_every > 0 && pos.step % cfg.checkpoint_every == 0) save_checkpoint(pos);
+      if (cfg.stop_at > 0 && pos.step >= cfg.stop_at) g_stop.store(true);
+      if (g_stop.load()) break;
+    }
+    if (g_stop.load()) {
+      save_checkpoint(pos);
+      result.interrupted = true;
+      if (!cfg.quiet) std::printf("%sinterrupted: checkpoint saved at step %ld; continue with --resume\n", tty ? "\n" : "", (long)pos.step);
+      break;
+    }
+    if (pos.batch >= per_epoch || pos.step >= total) {
+      if (pos.batch >= per_epoch) {
+        ++pos.epoch;
+        pos.batch = 0;
+      }
+      save_checkpoint(pos);
+    }
+  }
+  result.steps = pos.step;
+  result.seconds = wall.seconds();
+  if (!cfg.quiet) {
+    double sum = t_data + t_fwd + t_bwd + t_opt;
+    if (tty) std::printf("\n");
+    std::printf("time per phase: data %.1f%%  forward+loss %.1f%%  backward %.1f%%  optimiser %.1f%%  (%.1f s)\n",
+                100 * t_data / sum, 100 * t_fwd / sum, 100 * t_bwd / sum, 100 * t_opt / sum, result.seconds);
+  }
+  if (!result.interrupted && pos.step >= total) task.save_final(cfg.run_dir);
+  return result;
+}
+
+}  // namespace hd::train

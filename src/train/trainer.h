@@ -1,0 +1,70 @@
+// The one training loop: distillation, pre-training, fine-tuning and probing all run through it.
+// It owns the optimiser, schedule, clipping, logging (progress line + metrics.jsonl), atomic
+// checkpoints, resume and signal handling; a Task supplies the model and the loss of a batch.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <c10/core/Device.h>
+#include <torch/nn/module.h>
+
+#include "data/loader.h"
+#include "train/optim.h"
+
+namespace hd::train {
+
+using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
+
+class Task {
+ public:
+  virtual ~Task() = default;
+  // The trainable module (its named parameters are optimised and checkpointed).
+  virtual torch::nn::Module& module() = 0;
+  // Whether the named parameter takes weight decay.
+  virtual bool decays(const std::string& name, const torch::Tensor& p) const = 0;
+  // Loss of one batch (already on the device); `terms` receives named scalar parts for logging.
+  virtual torch::Tensor loss(const data::Batch& batch, NamedTensors& terms) = 0;
+  // Writes the final artefacts (e.g. the student alone) into the run folder.
+  virtual void save_final(const std::string& run_dir) = 0;
+};
+
+struct TrainConfig {
+  std::string run_dir;
+  int64_t epochs = 1;
+  int64_t max_steps = 0;           // 0: epochs * batches_per_epoch
+  double lr = 1e-3;                // already scaled for the batch
+  double min_lr = 1e-6;
+  double warmup_epochs = 0;
+  AdamWConfig adamw;
+  double clip_grad = 0;            // 0: off
+  uint64_t seed = 0;
+  int64_t log_every = 10;
+  int64_t checkpoint_every = 0;    // steps; 0: epoch ends only
+  bool resume = false;
+  bool force = false;              // resume even if the recipe changed
+  std::string recipe_text;         // written to run_dir/recipe.yaml; its hash guards resume
+  c10::Device device{c10::kCPU};
+  bool quiet = false;
+  // Stop (checkpoint saved, as on SIGINT) once this many steps are done; 0: never. Lets a long
+  // run be split into time-boxed jobs that each continue with --resume.
+  int64_t stop_at = 0;
+};
+
+struct TrainResult {
+  int64_t steps = 0;
+  double seconds = 0;
+  double first_loss = 0, last_loss = 0;  // mean over the first / last logging window
+  bool interrupted = false;              // stopped by SIGINT/SIGTERM (checkpoint saved)
+};
+
+// Runs (or resumes) training. Checkpoints go to run_dir/checkpoint.safetensors (atomic). Throws
+// hd::Error on a non-finite loss naming the step and the term; the last good checkpoint stays.
+TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg);
+
+// For tests: ask the running loop to stop as if SIGINT had arrived.
+void request_stop();
+
+}  // namespace hd::train

@@ -1,0 +1,231 @@
+// Hybrid distiller, recipes and the training loop on tiny models.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "data/dataset.h"
+#include "distill/hybrid.h"
+#include "distill/masking.h"
+#include "distill/recipe.h"
+#include "distill/task.h"
+#include "io/safetensors.h"
+#include "model/checkpoint.h"
+#include "train/trainer.h"
+#include "util/common.h"
+
+using namespace hd;
+using namespace hd::distill;
+namespace fs = std::filesystem;
+
+namespace {
+
+model::ViTConfig small(const std::string& name, int64_t dim, int64_t depth, int64_t heads) {
+  auto c = model::preset("vit_mini_patch4_28");
+  c.name = name;
+  c.embed_dim = dim;
+  c.depth = depth;
+  c.num_heads = heads;
+  c.num_classes = 0;
+  return c;
+}
+
+// Two random tiny teachers on disk, shared by the tests.
+const std::string& teacher_dir() {
+  static std::string dir = [] {
+    auto d = fs::temp_directory_path() / "hd_test_distill";
+    fs::create_directories(d);
+    torch::manual_seed(42);
+    model::VisionTransformer mim(small("mim", 48, 3, 4));
+    model::save_model((d / "mim.safetensors").string(), mim);
+    model::VisionTransformer sup(small("sup", 64, 2, 4));
+    model::save_model((d / "sup.safetensors").string(), sup);
+    return d.string();
+  }();
+  return dir;
+}
+
+std::string recipe_text(const std::string& extra_mask = "strategy: progressive\n  teacher: mim\n  layers: [0, 1, 2]",
+                        const std::string& student = "arch: vit_mini_patch4_28") {
+  return "name: tiny\n"
+         "student:\n  " + student + "\n"
+         "teachers:\n"
+         "  - name: mim\n    checkpoint: " + teacher_dir() + "/mim.safetensors\n"
+         "    targets:\n      - {kind: relation, layers: [1, 2], student_layers: [4, 5]}\n"
+         "  - name: sup\n    checkpoint: " + teacher_dir() + "/sup.safetensors\n"
+         "    targets:\n      - {kind: features, norm: layernorm, weight: 1.0}\n"
+         "masking:\n  " + extra_mask + "\n"
+         "optim: {lr: 0.002, base_batch: 32, warmup_epochs: 0.0, weight_decay: 0.05, clip_grad: 3.0}\n"
+         "data: {dataset: fashion-mnist, augment: false, workers: 1}\n"
+         "train: {epochs: 1, batch: 32, seed: 7, log_every: 5}\n";
+}
+
+void expect_error(const std::string& yaml, const std::string& phrase) {
+  try {
+    parse_recipe(yaml, "r.yaml");
+    FAIL() << "accepted a recipe that should fail with '" << phrase << "'";
+  } catch (const hd::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(phrase), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("r.yaml"), std::string::npos) << e.what();
+  }
+}
+
+bool have_fashion() { return fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"); }
+
+}  // namespace
+
+TEST(Recipe, ParsesDefaultsAndProgressiveLayers) {
+  auto r = parse_recipe(recipe_text("strategy: progressive\n  teacher: mim"), "r.yaml");
+  EXPECT_EQ(r.student.name, "vit_mini_patch4_28");
+  ASSERT_EQ(r.teachers.size(), 2u);
+  EXPECT_EQ(r.teachers[0].targets[0].kind, TargetKind::Relation);
+  EXPECT_EQ(r.teachers[0].targets[0].student_layers, (std::vector<int64_t>{4, 5}));
+  EXPECT_EQ(r.teachers[1].targets[0].norm, TargetNorm::LayerNorm);
+  EXPECT_EQ(r.mask.layers, (std::vector<int64_t>{0, 1, 2}));  // {0, L/3, 2L/3} of the 3-block teacher
+  EXPECT_DOUBLE_EQ(r.mask.drop_ratio, 0.3);
+  EXPECT_DOUBLE_EQ(r.smooth_l1_beta, 2.0);
+}
+
+TEST(Recipe, RefusesWhatCannotWork) {
+  auto base = recipe_text();
+  expect_error(base + "bogus: 1\n", "bogus");
+  expect_error(recipe_text("strategy: progressive\n  dropratio: 0.3"), "masking.dropratio");
+  expect_error(recipe_text("strategy: sometimes"), "masking.strategy");
+  auto bad_layer = base;
+  bad_layer.replace(bad_layer.find("layers: [1, 2]"), 14, "layers: [1, 3]");
+  expect_error(bad_layer, "out of range");
+  auto missing = base;
+  missing.replace(missing.find("mim.safetensors"), 15, "nope.safetensors");
+  expect_error(missing, "not found");
+  // 48-dim teacher with 4 heads vs a 6-head student: relations need a head mapping.
+  expect_error(recipe_text("strategy: none", "config: {img_size: 28, patch_size: 4, in_chans: 1, embed_dim: 48, depth: 6, num_heads: 6, num_classes: 0, mean: [0.5], std: [0.5]}"),
+               "head_mapping");
+  expect_error(recipe_text("strategy: none", "config: {img_size: 32, patch_size: 4, in_chans: 1, embed_dim: 64, depth: 6, num_heads: 4, mean: [0.5], std: [0.5]}"),
+               "tokens must correspond");
+  expect_error(recipe_text("strategy: none", "config: {img_size: 30, patch_size: 4}"), "not divisible");
+}
+
+TEST(Hybrid, ProgressiveMaskTargetsAndGradients) {
+  auto r = parse_recipe(recipe_text(), "r.yaml");
+  torch::manual_seed(0);
+  model::VisionTransformer student(r.student);
+  auto teachers = load_teachers(r, torch::kCPU);
+  auto mim = teachers[0].model;
+  HybridDistiller d(r, student, teachers);
+  auto x = torch::randn({2, 1, 28, 28});
+  auto out = d->forward(x, true);
+  // 49 -> 34 -> 23 -> 16 patches.
+  ASSERT_EQ(out.keep.sizes(), (std::vector<int64_t>{2, 16}));
+  ASSERT_EQ(out.terms.size(), 3u);
+  EXPECT_EQ(out.terms[0].first, "mim.relation.1");
+  EXPECT_EQ(out.terms[2].first, "sup.features.last");
+
+  // The mask, recomputed by hand from the MIM teacher's block inputs.
+  model::TapSpec ts;
+  ts.features = false;
+  ts.block_input = {0, 1, 2};
+  ts.relation = {2};
+  auto taps = mim->forward_taps(x, ts);
+  auto keep = keep_all(2, 49, torch::kCPU);
+  for (int64_t l : {0, 1, 2}) keep = redundant_step(taps.block_input[l].slice(1, 1), keep, 0.3);
+  EXPECT_TRUE(torch::equal(keep, out.keep));
+
+  // Relation target: Q·Kᵀ (unscaled, Eq. 2) at kept rows and columns, CLS first.
+  auto expect_rel = gather_relation(taps.relation[2], keep, 1, true) * std::sqrt(12.0);
+  EXPECT_TRUE(torch::allclose(out.targets[1].second, expect_rel, 1e-5, 1e-5));
+  EXPECT_EQ(out.preds[1].second.sizes(), (std::vector<int64_t>{2, 4, 17, 17}));
+  // Feature target: 64-wide teacher, 128-wide student -> a projection; target LayerNorm'ed.
+  EXPECT_EQ(out.preds[2].second.sizes(), (std::vector<int64_t>{2, 17, 64}));
+  EXPECT_NEAR(out.targets[2].second.mean(-1).abs().max().item<double>(), 0.0, 1e-5);
+  ASSERT_EQ(d->projections.size(), 1u);
+
+  // Total = sum of weighted terms.
+  double sum = 0;
+  for (auto& [k, v] : out.terms) sum += v.item<double>();
+  EXPECT_NEAR(out.loss.item<double>(), sum, 1e-5);
+
+  // Gradients reach the student and the projection only.
+  out.loss.backward();
+  for (auto& p : d->student->parameters()) EXPECT_TRUE(p.grad().defined());
+  EXPECT_TRUE(d->projections.begin()->second->weight.grad().defined());
+  for (auto& t : d->teachers())
+    for (auto& p : t.model->parameters()) {
+      EXPECT_FALSE(p.requires_grad());
+      EXPECT_FALSE(p.grad().defined());
+    }
+  // Teachers are not part of the trainable module.
+  for (auto& p : d->named_parameters(true))
+    EXPECT_TRUE(p.key().rfind("student.", 0) == 0 || p.key().rfind("proj_", 0) == 0) << p.key();
+}
+
+TEST(Hybrid, NoMaskAndRandomMask) {
+  auto r = parse_recipe(recipe_text("strategy: none"), "r.yaml");
+  model::VisionTransformer s(r.student);
+  HybridDistiller d(r, s, load_teachers(r, torch::kCPU));
+  auto x = torch::randn({2, 1, 28, 28});
+  EXPECT_EQ(d->forward(x).keep.size(1), 49);
+  auto rr = parse_recipe(recipe_text("strategy: random\n  drop_ratio: 0.65"), "r.yaml");
+  model::VisionTransformer s2(rr.student);
+  HybridDistiller d2(rr, s2, load_teachers(rr, torch::kCPU));
+  EXPECT_EQ(d2->forward(x).keep.size(1), 17);  // floor(49 * 0.35)
+}
+
+TEST(Trainer, ShortRunLowersLossAndResumeIsExact) {
+  if (!have_fashion()) GTEST_SKIP() << "Fashion-MNIST not installed";
+  hd::set_threads(2);
+  auto r = parse_recipe(recipe_text(), "r.yaml");
+  r.student.depth = 6;
+  auto ds = data::open_dataset("fashion-mnist", "train");
+  auto run = [&](const std::string& dir, int64_t stop_at, bool resume) {
+    torch::manual_seed(r.seed);
+    model::VisionTransformer s(r.student);
+    HybridDistiller d(r, s, load_teachers(r, torch::kCPU));
+    DistillTask task(d);
+    data::DataLoader loader(ds, loader_config(r));
+    train::TrainConfig tc;
+    tc.run_dir = dir;
+    tc.max_steps = 24;
+    tc.lr = r.optim.lr;
+    tc.clip_grad = 3.0;
+    tc.seed = r.seed;
+    tc.log_every = 6;
+    tc.recipe_text = "x";
+    tc.resume = resume;
+    tc.force = !resume;
+    tc.quiet = true;
+    tc.stop_at = stop_at;
+    auto res = train::train(task, loader, tc);
+    return std::make_pair(res, model::state_dict(*d));
+  };
+  auto base = (fs::temp_directory_path() / "hd_test_trainer").string();
+  fs::remove_all(base);
+  auto [straight, w_straight] = run(base + "/a", 0, false);
+  EXPECT_EQ(straight.steps, 24);
+  EXPECT_LT(straight.last_loss, 0.8 * straight.first_loss) << straight.first_loss << " -> " << straight.last_loss;
+  EXPECT_TRUE(fs::exists(base + "/a/student.safetensors"));
+  auto student = model::load_model(base + "/a/student.safetensors");
+  EXPECT_EQ(student->config().depth, 6);
+
+  auto [part, w_part] = run(base + "/b", 10, false);
+  EXPECT_TRUE(part.interrupted);
+  EXPECT_EQ(part.steps, 10);
+  auto [rest, w_rest] = run(base + "/b", 0, true);
+  EXPECT_EQ(rest.steps, 24);
+  ASSERT_EQ(w_rest.size(), w_straight.size());
+  for (size_t i = 0; i < w_rest.size(); ++i)
+    EXPECT_TRUE(torch::allclose(w_rest[i].second, w_straight[i].second, 1e-5, 1e-6)) << w_rest[i].first;
+
+  // A different recipe text refuses to resume.
+  torch::manual_seed(0);
+  model::VisionTransformer s(r.student);
+  HybridDistiller d(r, s, load_teachers(r, torch::kCPU));
+  DistillTask task(d);
+  data::DataLoader loader(ds, loader_config(r));
+  train::TrainConfig tc;
+  tc.run_dir = base + "/b";
+  tc.recipe_text = "changed";
+  tc.resume = true;
+  tc.quiet = true;
+  EXPECT_THROW(train::train(task, loader, tc), hd::Error);
+}
