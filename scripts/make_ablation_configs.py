@@ -78,6 +78,18 @@ def main():
     for keep in (50, 70, 90):
         write(f"mask_progressive_{keep}", f"progressive {keep}%^3", hybrid,
               f"{{strategy: progressive, teacher: mae, drop_ratio: {round(1 - keep / 100, 2)}}}")
+    # Section 2 analysis baselines: single-teacher (CLIP) feature distillation with no decoder,
+    # a linear decoder, N attention-layer decoders; SimMIM-style mask feature reconstruction.
+    write("single_clip_no_decoder", "single teacher, no decoder", [teacher(CLIP, [feat()])], "{strategy: none}")
+    write("single_clip_linear_decoder", "single teacher, linear decoder",
+          [teacher(CLIP, ["{kind: features, norm: layernorm, decoder: linear}"])], "{strategy: none}")
+    for n in (1, 2, 4):
+        write(f"single_clip_attn_decoder_{n}", f"single teacher, {n} attention-layer decoder",
+              [teacher(CLIP, [f"{{kind: features, norm: layernorm, decoder: attention, decoder_depth: {n}}}"])],
+              "{strategy: none}")
+    write("mask_feature_reconstruction", "SimMIM-style mask feature reconstruction (CLIP features)",
+          [teacher(CLIP, ["{kind: features, norm: layernorm, decoder: linear}"])],
+          "{strategy: mask_tokens, drop_ratio: 0.6}")
     print("wrote", len(os.listdir(OUT)), "recipes to", OUT)
 
 

@@ -56,6 +56,32 @@ torch::Tensor gather_relation(const torch::Tensor& r, const torch::Tensor& keep,
   return rows.gather(3, idx.view({B, 1, 1, n}).expand({B, H, n, n}));    // and kept columns
 }
 
+DecoderImpl::DecoderImpl(const model::ViTConfig& sc, int64_t out_dim, const TargetSpec& spec) {
+  if (spec.decoder == DecoderKind::Attention) {
+    blocks = register_module("blocks", torch::nn::ModuleList());
+    for (int64_t i = 0; i < spec.decoder_depth; ++i) blocks->push_back(model::Block(sc, 0.0));
+    norm = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({sc.embed_dim}).eps(sc.ln_eps)));
+  }
+  if (spec.decoder != DecoderKind::None || out_dim != sc.embed_dim)
+    proj = register_module("proj", torch::nn::Linear(sc.embed_dim, out_dim));
+  // timm-style init: trunc-normal 0.02 weights, zero biases, unit LayerNorm.
+  torch::NoGradGuard ng;
+  for (auto& m : modules(false)) {
+    if (auto* lin = m->as<torch::nn::Linear>()) {
+      model::trunc_normal_(lin->weight, 0.02);
+      lin->bias.zero_();
+    }
+  }
+}
+
+torch::Tensor DecoderImpl::forward(torch::Tensor x) {
+  if (blocks) {
+    for (const auto& b : *blocks) x = b->as<model::BlockImpl>()->forward(x);
+    x = norm(x);
+  }
+  return proj ? proj(x) : x;
+}
+
 HybridDistillerImpl::HybridDistillerImpl(const Recipe& recipe, model::VisionTransformer s, std::vector<Teacher> teachers)
     : recipe_(recipe), teachers_(std::move(teachers)) {
   student = register_module("student", s);
@@ -83,11 +109,14 @@ HybridDistillerImpl::HybridDistillerImpl(const Recipe& recipe, model::VisionTran
           taps.relation.insert(tg.layers[k]);
           student_taps_.relation.insert(tg.student_layers[k]);
         }
-        if (token_level && tc.embed_dim != sc.embed_dim) {
-          auto key = term_name(teachers_[ti], tg, k);
-          std::string reg = "proj_" + key;
-          std::replace(reg.begin(), reg.end(), '.', '_');
-          projections.emplace(key, register_module(reg, torch::nn::Linear(sc.embed_dim, tc.embed_dim)));
+        if (token_level) {
+          Decoder dec(sc, tc.embed_dim, tg);
+          if (!dec->empty()) {
+            auto key = term_name(teachers_[ti], tg, k);
+            std::string reg = "dec_" + key;
+            std::replace(reg.begin(), reg.end(), '.', '_');
+            decoders.emplace(key, register_module(reg, dec));
+          }
         }
       }
     }
@@ -101,11 +130,10 @@ HybridDistillerImpl::HybridDistillerImpl(const Recipe& recipe, model::VisionTran
       }
     }
   }
-  // Projections: timm-style init (trunc-normal 0.02, zero bias).
-  torch::NoGradGuard ng;
-  for (auto& [k, p] : projections) {
-    model::trunc_normal_(p->weight, 0.02);
-    p->bias.zero_();
+  if (recipe_.mask.strategy == MaskStrategy::MaskTokens) {
+    mask_token = register_parameter("mask_token", torch::zeros({1, 1, sc.embed_dim}));
+    torch::NoGradGuard ng;
+    model::trunc_normal_(mask_token, 0.02);
   }
 }
 
@@ -117,7 +145,7 @@ std::string HybridDistillerImpl::term_name(const Teacher& t, const TargetSpec& s
 bool HybridDistillerImpl::decays(const std::string& name, const torch::Tensor& p) const {
   const std::string prefix = "student.";
   if (name.rfind(prefix, 0) == 0) return student->decays(name.substr(prefix.size()), p);
-  return p.dim() > 1;
+  return p.dim() > 1 && name != "mask_token";
 }
 
 torch::Tensor HybridDistillerImpl::teacher_input(size_t ti, const torch::Tensor& images) const {
@@ -143,7 +171,8 @@ torch::Tensor HybridDistillerImpl::compute_mask(const std::vector<torch::Tensor>
   auto device = teacher_inputs.front().device();
   const auto& m = recipe_.mask;
   switch (m.strategy) {
-    case MaskStrategy::None: return keep_all(B, P, device);
+    case MaskStrategy::None:
+    case MaskStrategy::MaskTokens: return keep_all(B, P, device);
     case MaskStrategy::Random: return random_keep(B, P, kept_after_step(P, m.drop_ratio), device, gen);
     case MaskStrategy::Direct:
     case MaskStrategy::Progressive: {
@@ -177,10 +206,22 @@ DistillOutput HybridDistillerImpl::forward(const torch::Tensor& images, bool kee
     }
     out.keep = compute_mask(inputs, ttaps, B, gen);
   }
-  // Student: kept patch tokens plus CLS.
-  auto staps = student->forward_taps(images, student_taps_, out.keep);
   const auto& sc = student->config();
   const int64_t sprefix = sc.num_prefix_tokens();
+  model::Taps staps;
+  const bool simmim = recipe_.mask.strategy == MaskStrategy::MaskTokens;
+  if (simmim) {
+    // Every position, a random share replaced by the mask token; token targets at those only.
+    const int64_t P = sc.num_patches();
+    const int64_t M = P - kept_after_step(P, recipe_.mask.drop_ratio);
+    out.masked = random_keep(B, P, std::max<int64_t>(1, M), images.device(), gen);
+    auto flags = torch::zeros({B, P}, torch::dtype(torch::kBool).device(images.device()));
+    flags.scatter_(1, out.masked, true);
+    staps = student->forward_tokens(student->embed_masked(images, flags, mask_token), student_taps_);
+  } else {
+    // Student: kept patch tokens plus CLS.
+    staps = student->forward_taps(images, student_taps_, out.keep);
+  }
 
   torch::Tensor total;
   for (size_t ti = 0; ti < teachers_.size(); ++ti) {
@@ -218,10 +259,17 @@ DistillOutput HybridDistillerImpl::forward(const torch::Tensor& images, bool kee
             t = ttaps[ti].msa.at(tg.layers[k]);
             s = staps.msa.at(tg.student_layers[k]);
           }
-          target = gather_tokens(t, out.keep, tprefix, cls);
-          pred = cls || sprefix == 0 ? s : s.slice(1, sprefix);
-          auto proj = projections.find(key);
-          if (proj != projections.end()) pred = proj->second(pred);
+          // The decoder sees the whole student sequence (an attention decoder needs context).
+          auto dec = decoders.find(key);
+          if (dec != decoders.end()) s = dec->second(s);
+          if (simmim) {
+            // Reconstruct the masked positions only (student tokens are in patch order).
+            target = gather_tokens(t, out.masked, tprefix, false);
+            pred = gather_tokens(s, out.masked, sprefix, false);
+          } else {
+            target = gather_tokens(t, out.keep, tprefix, cls);
+            pred = cls || sprefix == 0 ? s : s.slice(1, sprefix);
+          }
           if (tg.norm == TargetNorm::LayerNorm)
             target = F::layer_norm(target, F::LayerNormFuncOptions({target.size(-1)}).eps(1e-6));
         }

@@ -8,7 +8,9 @@
 #include <vector>
 
 #include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
 
 #include "distill/recipe.h"
 #include "model/vit.h"
@@ -33,10 +35,24 @@ torch::Tensor smooth_l1(const torch::Tensor& pred, const torch::Tensor& target, 
 torch::Tensor gather_tokens(const torch::Tensor& x, const torch::Tensor& keep, int64_t prefix, bool include_prefix);
 torch::Tensor gather_relation(const torch::Tensor& r, const torch::Tensor& keep, int64_t prefix, bool include_prefix);
 
+// Maps student tokens to a teacher's token target: optional ViT blocks (attention decoder),
+// then a linear layer where asked for or where the widths differ.
+class DecoderImpl : public torch::nn::Module {
+ public:
+  DecoderImpl(const model::ViTConfig& student, int64_t out_dim, const TargetSpec& spec);
+  torch::Tensor forward(torch::Tensor x);
+  torch::nn::ModuleList blocks{nullptr};
+  torch::nn::LayerNorm norm{nullptr};
+  torch::nn::Linear proj{nullptr};
+  bool empty() const { return !proj && !blocks; }
+};
+TORCH_MODULE(Decoder);
+
 struct DistillOutput {
   torch::Tensor loss;                                           // Σ weight · term
   std::vector<std::pair<std::string, torch::Tensor>> terms;     // "<teacher>.<kind>.<layer|last>" -> scalar
-  torch::Tensor keep;                                           // [B,K] kept patch indices
+  torch::Tensor keep;                                           // [B,K] patch indices the student sees
+  torch::Tensor masked;                                         // mask_tokens: [B,M] reconstructed positions
   // Filled with keep_tensors: the targets and predictions exactly as the loss compares them.
   std::vector<std::pair<std::string, torch::Tensor>> targets, preds;
 };
@@ -55,12 +71,13 @@ class HybridDistillerImpl : public torch::nn::Module {
                              int64_t batch, c10::optional<at::Generator> gen);
 
   model::VisionTransformer student{nullptr};
-  // Trained width adapters (student width -> teacher width), discarded after distillation.
-  std::map<std::string, torch::nn::Linear> projections;
+  // Trained decoders / width adapters per token target, discarded after distillation.
+  std::map<std::string, Decoder> decoders;
+  torch::Tensor mask_token;  // mask_tokens strategy only
   std::vector<Teacher>& teachers() { return teachers_; }
   const Recipe& recipe() const { return recipe_; }
 
-  // Whether a named trainable parameter (student.* / proj_*) takes weight decay.
+  // Whether a named trainable parameter (student.* / dec_* / mask_token) takes weight decay.
   bool decays(const std::string& name, const torch::Tensor& p) const;
 
  private:

@@ -31,6 +31,7 @@ std::string to_string(MaskStrategy s) {
     case MaskStrategy::Random: return "random";
     case MaskStrategy::Direct: return "direct";
     case MaskStrategy::Progressive: return "progressive";
+    case MaskStrategy::MaskTokens: return "mask_tokens";
   }
   return "?";
 }
@@ -196,7 +197,7 @@ Recipe parse_recipe(const std::string& text, const std::string& origin, const st
       auto tg = targets[k];
       std::string tp = path + ".targets[" + std::to_string(k) + "]";
       r.only_keys(tg, tp, {"kind", "layers", "student_layers", "weight", "norm", "relation_scaled", "include_cls",
-                           "head_mapping"});
+                           "head_mapping", "decoder", "decoder_depth"});
       TargetSpec ts_;
       std::string kind = "features", norm = "none", hm = "none";
       r.get(tg, "kind", tp, kind);
@@ -212,6 +213,16 @@ Recipe parse_recipe(const std::string& text, const std::string& origin, const st
       r.get(tg, "include_cls", tp, ts_.include_cls);
       r.get(tg, "head_mapping", tp, hm);
       ts_.head_mapping = parse_enum<HeadMapping>(r, tp + ".head_mapping", hm, {{"none", HeadMapping::None}, {"average", HeadMapping::Average}});
+      std::string dec = "none";
+      r.get(tg, "decoder", tp, dec);
+      ts_.decoder = parse_enum<DecoderKind>(r, tp + ".decoder", dec,
+                                            {{"none", DecoderKind::None}, {"linear", DecoderKind::Linear},
+                                             {"attention", DecoderKind::Attention}});
+      r.get(tg, "decoder_depth", tp, ts_.decoder_depth);
+      if (ts_.decoder == DecoderKind::Attention && ts_.decoder_depth < 1)
+        r.fail(tp + ".decoder_depth", "must be >= 1");
+      if (ts_.decoder != DecoderKind::None && ts_.kind == TargetKind::Relation)
+        r.fail(tp + ".decoder", "decoders apply to token targets (features, block, msa), not relations");
       if (ts_.weight < 0) r.fail(tp + ".weight", "must be >= 0");
       if (ts_.kind == TargetKind::Features) {
         if (!ts_.layers.empty() || !ts_.student_layers.empty())
@@ -248,7 +259,8 @@ Recipe parse_recipe(const std::string& text, const std::string& origin, const st
   r.get(mk, "strategy", "masking", strategy);
   rc.mask.strategy = parse_enum<MaskStrategy>(r, "masking.strategy", strategy,
                                               {{"none", MaskStrategy::None}, {"random", MaskStrategy::Random},
-                                               {"direct", MaskStrategy::Direct}, {"progressive", MaskStrategy::Progressive}});
+                                               {"direct", MaskStrategy::Direct}, {"progressive", MaskStrategy::Progressive},
+                                               {"mask_tokens", MaskStrategy::MaskTokens}});
   r.get(mk, "teacher", "masking", rc.mask.teacher);
   r.get(mk, "layers", "masking", rc.mask.layers);
   r.get(mk, "drop_ratio", "masking", rc.mask.drop_ratio);
@@ -256,6 +268,8 @@ Recipe parse_recipe(const std::string& text, const std::string& origin, const st
   rc.mask.source = parse_enum<MaskSource>(r, "masking.source", source,
                                           {{"input", MaskSource::BlockInput}, {"output", MaskSource::BlockOutput}});
   if (rc.mask.drop_ratio < 0 || rc.mask.drop_ratio >= 1) r.fail("masking.drop_ratio", "must be in [0, 1)");
+  if (rc.mask.strategy == MaskStrategy::MaskTokens && rc.mask.drop_ratio <= 0)
+    r.fail("masking.drop_ratio", "mask_tokens needs a mask ratio > 0 (the share of positions to reconstruct)");
   if (rc.mask.strategy == MaskStrategy::Progressive || rc.mask.strategy == MaskStrategy::Direct) {
     if (rc.mask.teacher.empty()) rc.mask.teacher = rc.teachers.front().name;
     size_t ti = 0;

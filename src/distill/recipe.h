@@ -13,7 +13,14 @@ namespace hd::distill {
 
 enum class TargetKind { Features, Block, Msa, Relation };
 enum class TargetNorm { None, LayerNorm };  // LayerNorm without affine parameters (FD, dBOT)
-enum class MaskStrategy { None, Random, Direct, Progressive };
+// MaskTokens: SimMIM-style mask feature reconstruction: the student sees every position, a
+// random drop_ratio of them replaced by a learnable mask token; token targets are compared at
+// the masked positions only.
+enum class MaskStrategy { None, Random, Direct, Progressive, MaskTokens };
+// Decoder between the student and a token-level target (Section 2 baselines): none (a linear
+// projection only where widths differ), linear (always a linear layer), attention (N ViT blocks
+// of the student's width, a LayerNorm, then a linear layer to the teacher's width).
+enum class DecoderKind { None, Linear, Attention };
 enum class MaskSource { BlockInput, BlockOutput };  // paper: x^i (block input); PCAE: block output
 enum class HeadMapping { None, Average };           // relations with differing head counts
 
@@ -34,6 +41,8 @@ struct TargetSpec {
   bool relation_scaled = false;
   bool include_cls = true;
   HeadMapping head_mapping = HeadMapping::None;
+  DecoderKind decoder = DecoderKind::None;
+  int64_t decoder_depth = 1;  // blocks of an attention decoder
 };
 
 struct TeacherSpec {

@@ -1,5 +1,5 @@
 // Distillation as a training Task: the trainer optimises the student and the width
-// projections; the final artefact is the student alone, as timm-layout safetensors.
+// decoders / width projections; the final artefact is the student alone, as timm-layout safetensors.
 #pragma once
 
 #include <string>

@@ -189,6 +189,21 @@ torch::Tensor VisionTransformerImpl::embed(const torch::Tensor& images, const to
   return x;
 }
 
+torch::Tensor VisionTransformerImpl::embed_masked(const torch::Tensor& images, const torch::Tensor& mask,
+                                                 const torch::Tensor& mask_token) {
+  auto x = patch_embed(images);  // [B,P,D]
+  TORCH_CHECK(mask.dim() == 2 && mask.size(0) == x.size(0) && mask.size(1) == x.size(1),
+              "token mask must be [B,P] = [", x.size(0), ",", x.size(1), "], got ", mask.sizes());
+  x = torch::where(mask.unsqueeze(-1), mask_token.to(x.dtype()).expand_as(x), x);
+  x = x + pos_embed.slice(1, cfg_.num_prefix_tokens());
+  if (cfg_.class_token) {
+    auto cls = (cls_token + pos_embed.slice(1, 0, 1)).expand({x.size(0), -1, -1});
+    x = torch::cat({cls, x}, 1);
+  }
+  if (norm_pre) x = norm_pre(x);
+  return x;
+}
+
 torch::Tensor VisionTransformerImpl::final_norm(const torch::Tensor& x) { return norm ? norm(x) : x; }
 
 torch::Tensor VisionTransformerImpl::forward_features(const torch::Tensor& images, const torch::Tensor& keep) {
@@ -211,6 +226,10 @@ torch::Tensor VisionTransformerImpl::forward(const torch::Tensor& images) {
 }
 
 Taps VisionTransformerImpl::forward_taps(const torch::Tensor& images, const TapSpec& spec, const torch::Tensor& keep) {
+  return forward_tokens(embed(images, keep), spec);
+}
+
+Taps VisionTransformerImpl::forward_tokens(torch::Tensor x, const TapSpec& spec) {
   int64_t last = spec.stop_after;
   if (last < 0) {
     if (spec.features) {
@@ -231,7 +250,6 @@ Taps VisionTransformerImpl::forward_taps(const torch::Tensor& images, const TapS
     throw Error("features need every block; stop_after must be -1 or the last block");
 
   Taps out;
-  auto x = embed(images, keep);
   for (int64_t i = 0; i <= last; ++i) {
     if (spec.block_input.count(i)) out.block_input[i] = x;
     torch::Tensor msa, rel, attn;

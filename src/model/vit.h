@@ -102,6 +102,10 @@ class VisionTransformerImpl : public torch::nn::Module {
   // gathered to match), CLS prepended (always kept), then norm_pre. -> [B, prefix+K, D].
   torch::Tensor embed(const torch::Tensor& images, const torch::Tensor& keep = {});
 
+  // SimMIM-style embedding: every patch, with those where `mask` [B,P] (bool) is true replaced
+  // by `mask_token` [1,1,D] before the positional embeddings are added.
+  torch::Tensor embed_masked(const torch::Tensor& images, const torch::Tensor& mask, const torch::Tensor& mask_token);
+
   // [B,N,D] tokens after the final norm. `keep` as in embed().
   torch::Tensor forward_features(const torch::Tensor& images, const torch::Tensor& keep = {});
   // Pools the tokens (CLS or mean of patch tokens), applies fc_norm, and the head unless
@@ -112,6 +116,9 @@ class VisionTransformerImpl : public torch::nn::Module {
 
   // The instrumented forward used by distillation and diagnostics (see TapSpec).
   Taps forward_taps(const torch::Tensor& images, const TapSpec& spec, const torch::Tensor& keep = {});
+  // The same on already embedded tokens [B, prefix+n, D] (e.g. with some patches replaced by a
+  // mask token, as SimMIM-style reconstruction does).
+  Taps forward_tokens(torch::Tensor tokens, const TapSpec& spec);
 
   // Replaces the classifier (num_classes = 0 removes it). New head weights are zero.
   void reset_classifier(int64_t num_classes);

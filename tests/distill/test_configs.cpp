@@ -42,5 +42,5 @@ TEST(Configs, PaperAndAblationRecipesValidate) {
       }
     }
   }
-  EXPECT_GE(n, 29);
+  EXPECT_GE(n, 35);
 }

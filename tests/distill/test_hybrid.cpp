@@ -138,7 +138,7 @@ TEST(Hybrid, ProgressiveMaskTargetsAndGradients) {
   // Feature target: 64-wide teacher, 128-wide student -> a projection; target LayerNorm'ed.
   EXPECT_EQ(out.preds[2].second.sizes(), (std::vector<int64_t>{2, 17, 64}));
   EXPECT_NEAR(out.targets[2].second.mean(-1).abs().max().item<double>(), 0.0, 1e-5);
-  ASSERT_EQ(d->projections.size(), 1u);
+  ASSERT_EQ(d->decoders.size(), 1u);
 
   // Total = sum of weighted terms.
   double sum = 0;
@@ -148,7 +148,7 @@ TEST(Hybrid, ProgressiveMaskTargetsAndGradients) {
   // Gradients reach the student and the projection only.
   out.loss.backward();
   for (auto& p : d->student->parameters()) EXPECT_TRUE(p.grad().defined());
-  EXPECT_TRUE(d->projections.begin()->second->weight.grad().defined());
+  EXPECT_TRUE(d->decoders.begin()->second->proj->weight.grad().defined());
   for (auto& t : d->teachers())
     for (auto& p : t.model->parameters()) {
       EXPECT_FALSE(p.requires_grad());
@@ -156,7 +156,7 @@ TEST(Hybrid, ProgressiveMaskTargetsAndGradients) {
     }
   // Teachers are not part of the trainable module.
   for (auto& p : d->named_parameters(true))
-    EXPECT_TRUE(p.key().rfind("student.", 0) == 0 || p.key().rfind("proj_", 0) == 0) << p.key();
+    EXPECT_TRUE(p.key().rfind("student.", 0) == 0 || p.key().rfind("dec_", 0) == 0) << p.key();
 }
 
 TEST(Hybrid, NoMaskAndRandomMask) {
@@ -169,6 +169,57 @@ TEST(Hybrid, NoMaskAndRandomMask) {
   model::VisionTransformer s2(rr.student);
   HybridDistiller d2(rr, s2, load_teachers(rr, torch::kCPU));
   EXPECT_EQ(d2->forward(x).keep.size(1), 17);  // floor(49 * 0.35)
+}
+
+TEST(Hybrid, DecodersAndMaskFeatureReconstruction) {
+  // Single teacher, features through a 2-block attention decoder, SimMIM-style masking.
+  std::string yaml = "name: simmim\nstudent: {arch: vit_mini_patch4_28}\nteachers:\n"
+                     "  - name: sup\n    checkpoint: " + teacher_dir() + "/sup.safetensors\n"
+                     "    targets: [{kind: features, decoder: attention, decoder_depth: 2}]\n"
+                     "masking: {strategy: mask_tokens, drop_ratio: 0.6}\n";
+  auto r = parse_recipe(yaml, "r.yaml");
+  torch::manual_seed(0);
+  model::VisionTransformer s(r.student);
+  HybridDistiller d(r, s, load_teachers(r, torch::kCPU));
+  ASSERT_EQ(d->decoders.size(), 1u);
+  auto& dec = d->decoders.begin()->second;
+  EXPECT_EQ(dec->blocks->size(), 2u);
+  EXPECT_TRUE(d->mask_token.defined());
+  auto x = torch::randn({2, 1, 28, 28});
+  auto out = d->forward(x, true);
+  EXPECT_EQ(out.keep.size(1), 49);                   // the student sees every position
+  ASSERT_EQ(out.masked.sizes(), (std::vector<int64_t>{2, 30}));  // 49 - floor(49 * 0.4)
+  EXPECT_EQ(out.preds[0].second.sizes(), (std::vector<int64_t>{2, 30, 64}));
+  // Targets are the teacher's features at the masked positions.
+  torch::NoGradGuard ng;
+  auto tf = d->teachers()[0].model->forward_features(x);
+  EXPECT_TRUE(torch::allclose(out.targets[0].second, gather_tokens(tf, out.masked, 1, false)));
+  // The mask token replaces exactly the masked patch embeddings.
+  auto flags = torch::zeros({2, 49}, torch::kBool);
+  flags.scatter_(1, out.masked, true);
+  auto e = d->student->embed_masked(x, flags, d->mask_token);
+  auto plain = d->student->embed(x);
+  auto same = (e - plain).abs().sum(-1).slice(1, 1) == 0;  // [2,49] unchanged positions
+  EXPECT_TRUE(torch::equal(same, flags.logical_not()));
+
+  // A linear decoder is a linear layer even when widths match; relations refuse decoders.
+  std::string lin = "name: lin\nstudent: {config: {img_size: 28, patch_size: 4, in_chans: 1, embed_dim: 64, depth: 2, num_heads: 4, mean: [0.5], std: [0.5]}}\n"
+                    "teachers:\n  - name: sup\n    checkpoint: " + teacher_dir() + "/sup.safetensors\n"
+                    "    targets: [{kind: features, decoder: linear}]\n";
+  auto rl = parse_recipe(lin, "r.yaml");
+  model::VisionTransformer sl(rl.student);
+  HybridDistiller dl(rl, sl, load_teachers(rl, torch::kCPU));
+  ASSERT_EQ(dl->decoders.size(), 1u);
+  EXPECT_FALSE(dl->decoders.begin()->second->blocks);
+  EXPECT_TRUE(dl->decoders.begin()->second->proj);
+  auto none = lin;
+  none.replace(none.find("decoder: linear"), 15, "decoder: none");
+  auto rn = parse_recipe(none, "r.yaml");
+  model::VisionTransformer sn(rn.student);
+  HybridDistiller dn(rn, sn, load_teachers(rn, torch::kCPU));
+  EXPECT_TRUE(dn->decoders.empty());  // same width, no decoder: no projection either
+  expect_error(lin.replace(lin.find("kind: features, decoder: linear"), 31, "kind: relation, layers: [0], decoder: linear"),
+               "decoder");
 }
 
 TEST(Trainer, ShortRunLowersLossAndResumeIsExact) {
