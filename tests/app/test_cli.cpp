@@ -1,0 +1,173 @@
+// End-to-end checks of the command-line tool: the binary is run as a user would run it.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "io/safetensors.h"
+#include "model/checkpoint.h"
+
+namespace fs = std::filesystem;
+using namespace hd;
+
+namespace {
+
+struct Result {
+  int code;
+  std::string out;
+};
+
+Result run(const std::string& args) {
+  std::string cmd = std::string(HD_BINARY) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  while (size_t n = std::fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  int status = pclose(p);
+  return {WEXITSTATUS(status), out};
+}
+
+std::string tmpdir() {
+  auto d = fs::temp_directory_path() / "hd_test_cli";
+  fs::create_directories(d);
+  return d.string();
+}
+
+bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
+
+}  // namespace
+
+TEST(Cli, HelpShowsSubcommandsAndDefaults) {
+  auto r = run("--help");
+  EXPECT_EQ(r.code, 0);
+  for (const char* sub : {"presets", "inspect", "init", "features", "bench"}) EXPECT_TRUE(contains(r.out, sub)) << sub;
+  auto f = run("features --help");
+  EXPECT_EQ(f.code, 0);
+  EXPECT_TRUE(contains(f.out, "-l,--layers")) << f.out;
+  EXPECT_TRUE(contains(f.out, "all")) << "default of --layers shown";
+  EXPECT_NE(run("no-such-command").code, 0);
+}
+
+TEST(Cli, InitInspectFeaturesMatchLibraryForward) {
+  auto dir = tmpdir();
+  auto ckpt = dir + "/m.safetensors", in = dir + "/x.safetensors", out = dir + "/y.safetensors";
+  auto r = run("init --arch vit_mini_patch4_28 --seed 3 --out " + ckpt);
+  ASSERT_EQ(r.code, 0) << r.out;
+
+  auto ins = run("inspect " + ckpt);
+  EXPECT_EQ(ins.code, 0) << ins.out;
+  EXPECT_TRUE(contains(ins.out, "blocks.5.attn.qkv.weight")) << ins.out;
+  EXPECT_TRUE(contains(ins.out, "vit_mini_patch4_28")) << ins.out;
+
+  torch::manual_seed(0);
+  auto x = torch::randn({3, 1, 28, 28});
+  io::save_safetensors(in, {{"images", x}});
+  r = run("features -c " + ckpt + " -i " + in + " -o " + out + " --layers 0,-1 -b 2 -t 1");
+  ASSERT_EQ(r.code, 0) << r.out;
+
+  auto model = model::load_model(ckpt);
+  model->eval();
+  model::TapSpec spec;
+  spec.block = spec.msa = spec.relation = spec.attn = {0, 5};
+  torch::NoGradGuard ng;
+  auto taps = model->forward_taps(x, spec);
+  auto f = io::SafeTensorsFile::open(out);
+  EXPECT_EQ(f.tensors().size(), 1u + 2 * 4);
+  EXPECT_TRUE(torch::allclose(f.load("features"), taps.features, 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(f.load("block.5"), taps.block[5], 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(f.load("relation.0"), taps.relation[0], 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(f.load("attn.5"), taps.attn[5], 1e-5, 1e-5));
+  EXPECT_EQ(f.load("attn.5").sizes(), (std::vector<int64_t>{3, 4, 50, 50}));
+}
+
+TEST(Cli, BadInputsGiveClearErrors) {
+  auto dir = tmpdir();
+  auto ckpt = dir + "/m2.safetensors", in = dir + "/wrong.safetensors";
+  ASSERT_EQ(run("init --arch vit_mini_patch4_28 --out " + ckpt).code, 0);
+  io::save_safetensors(in, {{"images", torch::randn({2, 3, 28, 28})}});
+  auto r = run("features -c " + ckpt + " -i " + in + " -o " + dir + "/o.safetensors");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(contains(r.out, in) && contains(r.out, "[2, 3, 28, 28]")) << r.out;
+
+  {
+    std::ofstream junk(dir + "/junk.safetensors", std::ios::binary);
+    junk << "this is not a checkpoint at all";
+  }
+  r = run("inspect " + dir + "/junk.safetensors");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(contains(r.out, "junk.safetensors")) << r.out;
+
+  r = run("features -c " + ckpt + " -i " + dir + "/missing.safetensors -o " + dir + "/o.safetensors");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(contains(r.out, "missing.safetensors")) << r.out;
+
+  auto good = dir + "/good.safetensors";
+  io::save_safetensors(good, {{"images", torch::randn({2, 1, 28, 28})}});
+  r = run("features -c " + ckpt + " -i " + good + " -o " + dir + "/o.safetensors --layers 9");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(contains(r.out, "--layers") && contains(r.out, "out of range")) << r.out;
+  r = run("init --arch vit_nope --out " + dir + "/n.safetensors");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(contains(r.out, "vit_nope")) << r.out;
+}
+
+TEST(Cli, DistillAndDumpStep) {
+  if (!fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")) GTEST_SKIP() << "no Fashion-MNIST";
+  auto dir = tmpdir() + "/distill";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  // Two tiny random teachers stand in for trained ones.
+  ASSERT_EQ(run("init --arch vit_mini_patch4_28 --num-classes 0 --seed 1 -o " + dir + "/mim.safetensors").code, 0);
+  ASSERT_EQ(run("init --arch vit_mini_patch4_28 --num-classes 0 --seed 2 -o " + dir + "/sup.safetensors").code, 0);
+  {
+    std::ofstream r(dir + "/r.yaml");
+    r << "name: cli\nstudent: {arch: vit_mini_patch4_28}\nteachers:\n"
+         "  - name: mim\n    checkpoint: mim.safetensors\n    targets: [{kind: relation, layers: [3, 4]}]\n"
+         "  - name: sup\n    checkpoint: sup.safetensors\n    targets: [{kind: features, norm: layernorm}]\n"
+         "masking: {strategy: progressive, teacher: mim}\n"
+         "data: {augment: false, workers: 1}\ntrain: {batch: 16, log_every: 2}\n";
+  }
+  auto r = run("distill -r " + dir + "/r.yaml -o " + dir + "/run --max-steps 4 -t 2");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(contains(r.out, "mim.relation.3")) << r.out;
+  for (const char* f : {"student.safetensors", "checkpoint.safetensors", "metrics.jsonl", "recipe.yaml"})
+    EXPECT_TRUE(fs::exists(dir + "/run/" + f)) << f;
+  auto student = io::SafeTensorsFile::open(dir + "/run/student.safetensors");
+  EXPECT_FALSE(student.contains("head.weight"));
+  for (const auto& t : student.tensors()) EXPECT_EQ(t.name.rfind("dec_", 0), std::string::npos) << t.name;
+  // A used run folder is not overwritten by accident.
+  r = run("distill -r " + dir + "/r.yaml -o " + dir + "/run --max-steps 4");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(contains(r.out, "--resume")) << r.out;
+
+  torch::manual_seed(0);
+  io::save_safetensors(dir + "/x.safetensors", {{"images", torch::randn({2, 1, 28, 28})}});
+  r = run("dump-step -r " + dir + "/r.yaml -i " + dir + "/x.safetensors -o " + dir + "/step.safetensors");
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto f = io::SafeTensorsFile::open(dir + "/step.safetensors");
+  EXPECT_EQ(f.info("mask.keep").shape, (std::vector<int64_t>{2, 16}));
+  EXPECT_EQ(f.info("mask.keep").dtype, "I64");
+  EXPECT_EQ(f.info("target.mim.relation.3").shape, (std::vector<int64_t>{2, 4, 17, 17}));
+  EXPECT_EQ(f.info("pred.sup.features.last").shape, (std::vector<int64_t>{2, 17, 128}));
+  double total = f.load("loss.total").item<double>();
+  double sum = f.load("loss.mim.relation.3").item<double>() + f.load("loss.mim.relation.4").item<double>() +
+               f.load("loss.sup.features.last").item<double>();
+  EXPECT_NEAR(total, sum, 1e-5);
+  // Same recipe, same input: the dump is reproducible.
+  ASSERT_EQ(run("dump-step -r " + dir + "/r.yaml -i " + dir + "/x.safetensors -o " + dir + "/step2.safetensors").code, 0);
+  EXPECT_TRUE(torch::equal(f.load("target.sup.features.last"),
+                           io::SafeTensorsFile::open(dir + "/step2.safetensors").load("target.sup.features.last")));
+
+  // A broken recipe is refused before any work, naming the key.
+  {
+    std::ofstream r2(dir + "/bad.yaml");
+    r2 << "name: bad\nstudent: {arch: vit_mini_patch4_28}\nteachers:\n"
+          "  - name: mim\n    checkpoint: mim.safetensors\n    targets: [{kind: relation, layers: [7]}]\n";
+  }
+  r = run("distill -r " + dir + "/bad.yaml -o " + dir + "/run2");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(contains(r.out, "bad.yaml") && contains(r.out, "layers")) << r.out;
+  EXPECT_FALSE(fs::exists(dir + "/run2"));
+}
