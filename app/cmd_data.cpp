@@ -7,6 +7,7 @@
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "model/vit.h"
+#include "train/inputs.h"
 #include "util/common.h"
 
 namespace hd::cli {
@@ -51,12 +52,7 @@ void add_data(CLI::App& app) {
     lc.num_workers = o->workers;
     lc.seed = o->seed;
     lc.skip_bad = o->skip_bad;
-    lc.transform.size = cfg.img_size;
-    lc.transform.train = !o->eval_transform;
-    lc.transform.channels = cfg.in_chans;
-    lc.transform.mean = cfg.mean;
-    lc.transform.std = cfg.std;
-    if (cfg.img_size <= 32) lc.transform.crop_pct = 1.0;
+    lc.transform = train::model_transform(cfg, !o->eval_transform);
     data::DataLoader loader(ds, lc);
     const int64_t n = std::min(o->batches, loader.batches_per_epoch());
 

@@ -20,12 +20,6 @@ namespace hd::cli {
 namespace fs = std::filesystem;
 
 namespace {
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 distill::HybridDistiller build_distiller(const distill::Recipe& r, const c10::Device& device) {
   torch::manual_seed(r.seed);
@@ -79,7 +73,9 @@ void add_distill(CLI::App& app) {
     tc.checkpoint_every = r.checkpoint_every;
     tc.resume = o->resume;
     tc.force = o->force;
-    tc.recipe_text = read_file(o->recipe);
+    // The effective recipe (defaults filled in, paths resolved): written to the run folder, and
+    // its hash guards --resume against a changed recipe.
+    tc.recipe_text = r.to_yaml();
     tc.device = device;
     tc.quiet = o->quiet;
     if (!o->quiet) {

@@ -349,6 +349,72 @@ Recipe parse_recipe(const std::string& text, const std::string& origin, const st
   return rc;
 }
 
+std::string Recipe::to_yaml() const {
+  auto kind_name = [](TargetKind k) { return to_string(k); };
+  YAML::Emitter e;
+  e << YAML::BeginMap;
+  e << YAML::Key << "name" << YAML::Value << name;
+  // The student as a full config: the effective architecture, whatever preset it came from.
+  e << YAML::Key << "student" << YAML::Value << YAML::BeginMap << YAML::Key << "config" << YAML::Value
+    << YAML::Load(student.to_json()) << YAML::EndMap;
+  e << YAML::Key << "teachers" << YAML::Value << YAML::BeginSeq;
+  for (const auto& t : teachers) {
+    e << YAML::BeginMap << YAML::Key << "name" << YAML::Value << t.name << YAML::Key << "checkpoint" << YAML::Value
+      << t.checkpoint;
+    if (!t.arch.empty()) e << YAML::Key << "arch" << YAML::Value << t.arch;
+    if (!t.mean.empty()) e << YAML::Key << "mean" << YAML::Value << YAML::Flow << t.mean;
+    if (!t.std.empty()) e << YAML::Key << "std" << YAML::Value << YAML::Flow << t.std;
+    e << YAML::Key << "targets" << YAML::Value << YAML::BeginSeq;
+    for (const auto& g : t.targets) {
+      e << YAML::Flow << YAML::BeginMap << YAML::Key << "kind" << YAML::Value << kind_name(g.kind);
+      if (g.kind != TargetKind::Features) {
+        e << YAML::Key << "layers" << YAML::Value << YAML::Flow << g.layers;
+        e << YAML::Key << "student_layers" << YAML::Value << YAML::Flow << g.student_layers;
+      }
+      e << YAML::Key << "weight" << YAML::Value << g.weight;
+      e << YAML::Key << "norm" << YAML::Value << (g.norm == TargetNorm::LayerNorm ? "layernorm" : "none");
+      if (g.kind == TargetKind::Relation) {
+        e << YAML::Key << "relation_scaled" << YAML::Value << g.relation_scaled;
+        e << YAML::Key << "head_mapping" << YAML::Value << (g.head_mapping == HeadMapping::Average ? "average" : "none");
+      } else {
+        const char* dec = g.decoder == DecoderKind::None ? "none" : g.decoder == DecoderKind::Linear ? "linear" : "attention";
+        e << YAML::Key << "decoder" << YAML::Value << dec;
+        if (g.decoder == DecoderKind::Attention) e << YAML::Key << "decoder_depth" << YAML::Value << g.decoder_depth;
+      }
+      e << YAML::Key << "include_cls" << YAML::Value << g.include_cls;
+      e << YAML::EndMap;
+    }
+    e << YAML::EndSeq << YAML::EndMap;
+  }
+  e << YAML::EndSeq;
+  e << YAML::Key << "masking" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "strategy" << YAML::Value
+    << to_string(mask.strategy) << YAML::Key << "drop_ratio" << YAML::Value << mask.drop_ratio;
+  if (mask.strategy == MaskStrategy::Progressive || mask.strategy == MaskStrategy::Direct)
+    e << YAML::Key << "teacher" << YAML::Value << mask.teacher << YAML::Key << "layers" << YAML::Value << YAML::Flow
+      << mask.layers << YAML::Key << "source" << YAML::Value
+      << (mask.source == MaskSource::BlockInput ? "input" : "output");
+  e << YAML::EndMap;
+  e << YAML::Key << "loss" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "type" << YAML::Value
+    << "smooth_l1" << YAML::Key << "beta" << YAML::Value << smooth_l1_beta << YAML::EndMap;
+  e << YAML::Key << "optim" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "lr" << YAML::Value
+    << optim.lr << YAML::Key << "base_batch" << YAML::Value << optim.base_batch << YAML::Key << "min_lr"
+    << YAML::Value << optim.min_lr << YAML::Key << "weight_decay" << YAML::Value << optim.weight_decay << YAML::Key
+    << "betas" << YAML::Value << YAML::Flow << std::vector<double>{optim.beta1, optim.beta2} << YAML::Key << "eps"
+    << YAML::Value << optim.eps << YAML::Key << "warmup_epochs" << YAML::Value << optim.warmup_epochs << YAML::Key
+    << "clip_grad" << YAML::Value << optim.clip_grad << YAML::EndMap;
+  e << YAML::Key << "data" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "dataset" << YAML::Value
+    << data.dataset << YAML::Key << "split" << YAML::Value << data.split << YAML::Key << "augment" << YAML::Value
+    << data.augment << YAML::Key << "scale" << YAML::Value << YAML::Flow
+    << std::vector<double>{data.scale_min, data.scale_max} << YAML::Key << "hflip" << YAML::Value << data.hflip
+    << YAML::Key << "workers" << YAML::Value << data.workers << YAML::EndMap;
+  e << YAML::Key << "train" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "epochs" << YAML::Value
+    << epochs << YAML::Key << "max_steps" << YAML::Value << max_steps << YAML::Key << "batch" << YAML::Value << batch
+    << YAML::Key << "seed" << YAML::Value << seed << YAML::Key << "log_every" << YAML::Value << log_every << YAML::Key
+    << "checkpoint_every" << YAML::Value << checkpoint_every << YAML::EndMap;
+  e << YAML::EndMap;
+  return std::string(e.c_str()) + "\n";
+}
+
 Recipe load_recipe(const std::string& path) {
   std::ifstream in(path);
   if (!in) throw Error(path + ": cannot open recipe");

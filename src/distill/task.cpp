@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "model/checkpoint.h"
+#include "train/inputs.h"
 
 namespace hd::distill {
 
@@ -26,16 +27,10 @@ data::LoaderConfig loader_config(const Recipe& r) {
   lc.drop_last = true;
   lc.num_workers = r.data.workers;
   lc.seed = r.seed;
-  auto& t = lc.transform;
-  t.size = r.student.img_size;
-  t.train = r.data.augment;
-  t.scale_min = r.data.scale_min;
-  t.scale_max = r.data.scale_max;
-  t.hflip = r.data.hflip;
-  t.channels = r.student.in_chans;
-  t.mean = r.student.mean;
-  t.std = r.student.std;
-  if (r.student.img_size <= 32) t.crop_pct = 1.0;  // small images: no resize margin
+  lc.transform = train::model_transform(r.student, r.data.augment);
+  lc.transform.scale_min = r.data.scale_min;
+  lc.transform.scale_max = r.data.scale_max;
+  lc.transform.hflip = r.data.hflip;
   return lc;
 }
 

@@ -142,6 +142,16 @@ TEST(Cli, DistillAndDumpStep) {
   EXPECT_EQ(r.code, 1);
   EXPECT_TRUE(contains(r.out, "--resume")) << r.out;
 
+  // SIGTERM (handled as SIGINT) mid-run: checkpoint saved, clean exit. (A background job of a
+  // non-interactive shell starts with SIGINT ignored, so SIGTERM is the signal a test can send.)
+  r = run("distill -r " + dir + "/r.yaml -o " + dir + "/int --max-steps 3000 -t 1 & P=$!; sleep 12; kill -TERM $P; wait $P");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(contains(r.out, "interrupted: checkpoint saved")) << r.out;
+  ASSERT_TRUE(fs::exists(dir + "/int/checkpoint.safetensors"));
+  auto meta = io::SafeTensorsFile::open(dir + "/int/checkpoint.safetensors").metadata();
+  EXPECT_GT(std::stoll(meta.at("step")), 0);
+  EXPECT_TRUE(fs::exists(dir + "/int/recipe.yaml"));
+
   torch::manual_seed(0);
   io::save_safetensors(dir + "/x.safetensors", {{"images", torch::randn({2, 1, 28, 28})}});
   r = run("dump-step -r " + dir + "/r.yaml -i " + dir + "/x.safetensors -o " + dir + "/step.safetensors");

@@ -87,6 +87,18 @@ TEST(Recipe, ParsesDefaultsAndProgressiveLayers) {
   EXPECT_DOUBLE_EQ(r.smooth_l1_beta, 2.0);
 }
 
+TEST(Recipe, EffectiveRecipeRoundTrips) {
+  auto r = parse_recipe(recipe_text(), "r.yaml");
+  auto text = r.to_yaml();
+  auto back = parse_recipe(text, "effective.yaml");
+  EXPECT_EQ(back.to_yaml(), text);
+  EXPECT_EQ(back.student.to_json(), r.student.to_json());
+  EXPECT_EQ(back.mask.layers, r.mask.layers);
+  EXPECT_EQ(back.teachers[0].targets[0].student_layers, (std::vector<int64_t>{4, 5}));
+  EXPECT_DOUBLE_EQ(back.optim.lr, 0.002);
+  EXPECT_NE(text.find("smooth_l1"), std::string::npos);
+}
+
 TEST(Recipe, RefusesWhatCannotWork) {
   auto base = recipe_text();
   expect_error(base + "bogus: 1\n", "bogus");
