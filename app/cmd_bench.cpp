@@ -1,6 +1,7 @@
 // `bench`: forward and forward+backward throughput of model presets, next to the Python PyTorch
 // reference (bench/vit_reference.py) measured in the same run with the same thread count.
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 
 #include <nlohmann/json.hpp>
@@ -73,6 +74,12 @@ void add_bench(CLI::App& app) {
     int threads = torch::get_num_threads();
     std::printf("hybrid-distill bench: LibTorch %s, %d threads, device %s, batch %ld, fp32\n", TORCH_VERSION, threads,
                 device.str().c_str(), (long)o->batch);
+    // libgomp reads its wait policy once, at load: unset means worker threads spin after each
+    // parallel region (and the OpenBLAS pool spins too), which on cores shared with other work
+    // costs more than the kernels: OMP_WAIT_POLICY=passive measured ~3x faster at 2 threads on a
+    // busy 2-core machine. It cannot be changed from inside the process; the Python run inherits it.
+    const char* wp = std::getenv("OMP_WAIT_POLICY");
+    std::printf("OMP_WAIT_POLICY=%s (Python reference runs with the same environment)\n", wp ? wp : "unset");
     std::printf("%-26s %-9s %10s %9s %12s %10s\n", "preset", "pass", "C++ img/s", "GFLOP/s", "Python img/s",
                 "C++/Python");
     for (const auto& name : o->arch) {
@@ -95,7 +102,10 @@ void add_bench(CLI::App& app) {
       m->train();
       double t_train = time_per_iter(
           [&] {
-            m->zero_grad();
+            // set_to_none, as the Python reference's `p.grad = None`: LibTorch 1.13's default
+            // zero_grad() fills every gradient with zeros and backward then accumulates into
+            // them (fill_ + add_ per parameter) instead of taking over the fresh buffers.
+            m->zero_grad(/*set_to_none=*/true);
             m->forward(x).pow(2).mean().backward();
             sync();
           },

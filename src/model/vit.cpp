@@ -11,6 +11,17 @@ namespace hd::model {
 
 namespace F = torch::nn::functional;
 
+namespace {
+// Linear layers go through aten::linear, as Python's nn.Linear does. The C++ frontend's
+// torch::nn::Linear::forward (F::linear in LibTorch 1.13) computes a [B,N,D] input as
+// matmul + a separate in-place bias add (`output += bias`), where aten::linear folds the batch
+// into one addmm with the bias inside the GEMM: one pass over the output and one autograd node
+// less per layer. Same parameters, same result up to float rounding.
+torch::Tensor linear(const torch::nn::Linear& l, const torch::Tensor& x) {
+  return torch::linear(x, l->weight, l->bias);
+}
+}  // namespace
+
 void trunc_normal_(torch::Tensor t, double std, double a, double b) {
   // Inverse-CDF sampling, as torch.nn.init.trunc_normal_ (mean 0).
   torch::NoGradGuard guard;
@@ -46,9 +57,9 @@ MlpImpl::MlpImpl(const ViTConfig& cfg) : act_(cfg.act) {
 }
 
 torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
-  auto h = fc1(x);
+  auto h = linear(fc1, x);
   h = act_ == Activation::GELU ? torch::gelu(h) : h * torch::sigmoid(1.702 * h);
-  return fc2(h);
+  return linear(fc2, h);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -64,8 +75,11 @@ AttentionImpl::AttentionImpl(const ViTConfig& cfg)
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, torch::Tensor* relation, torch::Tensor* attn) {
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
   // Fused qkv rows are [Q | K | V], each split into heads of head_dim rows (timm layout).
-  auto qkv_t = qkv(x).reshape({B, N, 3, num_heads_, head_dim_}).permute({2, 0, 3, 1, 4});
-  auto q = qkv_t[0], k = qkv_t[1], v = qkv_t[2];  // [B,H,N,hd]
+  auto qkv_t = linear(qkv, x).reshape({B, N, 3, num_heads_, head_dim_}).permute({2, 0, 3, 1, 4});
+  // unbind, not three selects: autograd then stacks the three gradients into one buffer instead
+  // of materialising a zero-filled [3,B,H,N,hd] gradient per select and summing them.
+  auto qkv_u = qkv_t.unbind(0);
+  const auto &q = qkv_u[0], &k = qkv_u[1], &v = qkv_u[2];  // [B,H,N,hd]
   torch::Tensor out;
 #if TORCH_VERSION_MAJOR >= 2
   if (!relation && !attn) {
@@ -81,7 +95,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, torch::Tensor* rela
     out = torch::matmul(p, v);
   }
   out = out.transpose(1, 2).reshape({B, N, C});
-  return proj(out);
+  return linear(proj, out);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -218,7 +232,7 @@ torch::Tensor VisionTransformerImpl::forward_head(const torch::Tensor& features,
                         : features.slice(1, cfg_.num_prefix_tokens()).mean(1);
   if (fc_norm) x = fc_norm(x);
   if (pre_logits || !head) return x;
-  return head(x);
+  return linear(head, x);
 }
 
 torch::Tensor VisionTransformerImpl::forward(const torch::Tensor& images) {
