@@ -17,6 +17,7 @@ void add_features(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_data(CLI::App& app);
 void add_distill(CLI::App& app);  // distill + dump-step
+void add_train(CLI::App& app);
 
 // Options shared by several subcommands.
 struct Runtime {

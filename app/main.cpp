@@ -7,6 +7,7 @@
 #include "util/common.h"
 
 int main(int argc, char** argv) {
+  hd::ensure_passive_openmp(argv);
   CLI::App app{"hybrid-distill " HD_VERSION
                " - Hybrid Distillation of Vision Transformers from a masked-image-modelling teacher "
                "and a supervised/contrastive teacher (LibTorch)."};
@@ -19,6 +20,7 @@ int main(int argc, char** argv) {
   hd::cli::add_features(app);
   hd::cli::add_data(app);
   hd::cli::add_distill(app);
+  hd::cli::add_train(app);
   hd::cli::add_bench(app);
   try {
     app.parse(argc, argv);
