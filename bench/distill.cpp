@@ -180,6 +180,9 @@ nlohmann::json run_python(const std::string& script, const std::string& dir, con
 }  // namespace
 
 int main(int argc, char** argv) {
+  // As hybrid-distill itself: passive OpenMP waiting unless the user set a policy (re-executes
+  // once). The Python reference inherits the environment, so both sides run with the same one.
+  hd::ensure_passive_openmp(argv);
   Opts o = parse(argc, argv);
   try {
     const int threads = set_threads(o.threads);
