@@ -79,7 +79,9 @@ torch::Tensor DecoderImpl::forward(torch::Tensor x) {
     for (const auto& b : *blocks) x = b->as<model::BlockImpl>()->forward(x);
     x = norm(x);
   }
-  return proj ? proj(x) : x;
+  // aten::linear: one addmm with the bias inside the GEMM (LibTorch 1.13's Linear::forward
+  // runs matmul + a separate bias add on 3-D inputs).
+  return proj ? torch::linear(x, proj->weight, proj->bias) : x;
 }
 
 HybridDistillerImpl::HybridDistillerImpl(const Recipe& recipe, model::VisionTransformer s, std::vector<Teacher> teachers)
