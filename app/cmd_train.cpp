@@ -55,7 +55,7 @@ void add_train(CLI::App& app) {
     auto cfg = model::preset(o->arch);
     cfg.drop_path = o->drop_path;
     auto ds = data::open_dataset(o->data, o->split);
-    if (static_cast<int64_t>(ds->class_names().size()) != cfg.num_classes) cfg.num_classes = ds->class_names().size();
+    cfg.num_classes = static_cast<int64_t>(ds->class_names().size());  // the head follows the data set
     torch::manual_seed(static_cast<uint64_t>(o->seed));
     model::VisionTransformer m(cfg);
     train::ClassifyTask task(m, o->smoothing);

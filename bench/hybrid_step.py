@@ -35,6 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vit_reference import QuickGELU  # same activation as the plain ViT reference
+
 DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
           "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8}
 
@@ -70,11 +72,6 @@ class Attention(nn.Module):
         rel = (q * self.scale) @ k.transpose(-2, -1)  # softmax input
         out = torch.softmax(rel, dim=-1) @ v
         return self.proj(out.transpose(1, 2).reshape(B, N, C)), (rel if want_rel else None)
-
-
-class QuickGELU(nn.Module):
-    def forward(self, x):
-        return x * torch.sigmoid(1.702 * x)
 
 
 class Block(nn.Module):
