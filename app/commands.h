@@ -18,6 +18,8 @@ void add_bench(CLI::App& app);
 void add_data(CLI::App& app);
 void add_distill(CLI::App& app);  // distill + dump-step
 void add_train(CLI::App& app);
+void add_analyze(CLI::App& app);
+void add_compare(CLI::App& app);
 
 // Options shared by several subcommands.
 struct Runtime {

@@ -21,6 +21,8 @@ int main(int argc, char** argv) {
   hd::cli::add_data(app);
   hd::cli::add_distill(app);
   hd::cli::add_train(app);
+  hd::cli::add_analyze(app);
+  hd::cli::add_compare(app);
   hd::cli::add_bench(app);
   try {
     app.parse(argc, argv);

@@ -13,6 +13,7 @@ PACKAGES=(
   libgtest-dev libcli11-dev nlohmann-json3-dev libyaml-cpp-dev
   zlib1g-dev libpng-dev libturbojpeg0-dev
   dataset-fashion-mnist                      # the embedded default data set
+  gnuplot-nox                                # figures of `analyze` / `compare` (pngcairo, svg)
   python3 python3-torch python3-torchvision  # independent reference for parity tests/benchmarks
 )
 
