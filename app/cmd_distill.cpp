@@ -35,12 +35,15 @@ void add_distill(CLI::App& app) {
   auto* sub = app.add_subcommand("distill", "Train a student ViT from frozen teachers as a recipe describes");
   struct Opts {
     std::string recipe, out;
+    std::vector<std::string> set;
     bool resume = false, force = false, quiet = false;
     int64_t max_steps = -1;
     Runtime rt;
   };
   auto o = std::make_shared<Opts>();
   sub->add_option("-r,--recipe", o->recipe, "recipe YAML (see configs/)")->required()->check(CLI::ExistingFile);
+  sub->add_option("--set", o->set,
+                  "override a recipe key, KEY=VALUE (repeatable), e.g. train.epochs=3 or teachers.mim.checkpoint=F");
   sub->add_option("-o,--out", o->out, "run folder (default: runs/<recipe name>)");
   sub->add_flag("--resume", o->resume, "continue from the run folder's checkpoint");
   sub->add_flag("--force", o->force, "start over in a used run folder, or resume despite a changed recipe");
@@ -49,7 +52,7 @@ void add_distill(CLI::App& app) {
   add_runtime_options(sub, o->rt);
   sub->callback([o] {
     auto device = apply_runtime(o->rt);
-    auto r = distill::load_recipe(o->recipe);
+    auto r = distill::load_recipe(o->recipe, o->set);
     if (o->max_steps >= 0) r.max_steps = o->max_steps;
     std::string run_dir = o->out.empty() ? "runs/" + r.name : o->out;
     auto d = build_distiller(r, device);
@@ -97,16 +100,18 @@ void add_distill(CLI::App& app) {
       "Run one distillation forward on float32 `images` [B,C,H,W] and write mask.keep, target.*, pred.*, loss.*");
   struct DOpts {
     std::string recipe, input, out;
+    std::vector<std::string> set;
     Runtime rt;
   };
   auto d = std::make_shared<DOpts>();
   dump->add_option("-r,--recipe", d->recipe, "recipe YAML")->required()->check(CLI::ExistingFile);
+  dump->add_option("--set", d->set, "override a recipe key, KEY=VALUE (repeatable)");
   dump->add_option("-i,--input", d->input, ".safetensors with `images` normalised for the student")->required();
   dump->add_option("-o,--out", d->out, "output .safetensors")->required();
   add_runtime_options(dump, d->rt);
   dump->callback([d] {
     auto device = apply_runtime(d->rt);
-    auto r = distill::load_recipe(d->recipe);
+    auto r = distill::load_recipe(d->recipe, d->set);
     auto dist = build_distiller(r, device);
     auto in = io::SafeTensorsFile::open(d->input);
     if (!in.contains("images")) throw Error(d->input + ": no tensor named 'images'");

@@ -6,7 +6,12 @@
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 #include <c10/core/Device.h>
+
+#include "data/loader.h"
+#include "model/config.h"
+#include "train/trainer.h"
 
 namespace hd::cli {
 
@@ -17,7 +22,9 @@ void add_features(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_data(CLI::App& app);
 void add_distill(CLI::App& app);  // distill + dump-step
-void add_train(CLI::App& app);
+void add_train(CLI::App& app);     // train + finetune
+void add_pretrain(CLI::App& app);  // pretrain-mae
+void add_eval(CLI::App& app);      // knn + probe
 void add_analyze(CLI::App& app);
 void add_compare(CLI::App& app);
 
@@ -30,9 +37,31 @@ void add_runtime_options(CLI::App* sub, Runtime& rt);
 // Applies the thread count and resolves the device (hd::Error if CUDA is asked for but absent).
 c10::Device apply_runtime(const Runtime& rt);
 
+// The training-loop options every training command shares (train, finetune, pretrain-mae).
+struct TrainOptions {
+  std::string data = "fashion-mnist", split = "train", out;
+  int64_t epochs = 10, batch = 128, max_steps = 0, seed = 0, checkpoint_every = 0, log_every = 20;
+  double lr = 1e-3, base_batch = 256, min_lr = 1e-5, weight_decay = 0.05, warmup = 1, clip = 0;
+  int workers = 2;
+  bool resume = false, force = false, quiet = false;
+};
+void add_train_options(CLI::App* sub, TrainOptions& o);
+// The trainer's config from the options (lr scaled by batch / base_batch); `recipe` is what
+// --resume must find unchanged.
+train::TrainConfig train_config(const TrainOptions& o, const std::string& recipe, const c10::Device& device);
+// A loader producing `cfg`'s input: training (RandomResizedCrop + flip, shuffled, full batches
+// only) or evaluation (resize + center crop, every image in order).
+data::LoaderConfig model_loader(const model::ViTConfig& cfg, bool train, int64_t batch, int workers, uint64_t seed);
+
 // "all", "" (none), or a comma list of indices and ranges ("0,3,8-11"); negative indices count
 // from the end (-1 = last). Validated against `depth`; `what` names the option for messages.
 std::vector<int64_t> parse_layers(const std::string& spec, int64_t depth, const std::string& what);
+
+// The command line this process was started with (shell-quoted), recorded in result files.
+void set_command_line(int argc, char** argv);
+const std::string& command_line();
+// Writes `j` plus "command" and "version" to DIR/result.json (atomically); returns its path.
+std::string write_result(const std::string& dir, nlohmann::json j);
 
 // Directory of the source tree's bench/ scripts (compiled in), for the Python reference runs.
 std::string source_dir();

@@ -1,6 +1,11 @@
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+
 #include <torch/torch.h>
 
 #include "app/commands.h"
+#include "train/inputs.h"
 #include "util/common.h"
 
 namespace hd::cli {
@@ -59,6 +64,98 @@ std::vector<int64_t> parse_layers(const std::string& spec, int64_t depth, const 
   std::sort(out.begin(), out.end());
   out.erase(std::unique(out.begin(), out.end()), out.end());
   return out;
+}
+
+void add_train_options(CLI::App* sub, TrainOptions& o) {
+  sub->add_option("-d,--data", o.data, "fashion-mnist, fashion-mnist:DIR or an ImageFolder root");
+  sub->add_option("--split", o.split, "training split");
+  sub->add_option("-o,--out", o.out, "run folder")->required();
+  sub->add_option("-e,--epochs", o.epochs, "epochs");
+  sub->add_option("-b,--batch", o.batch, "batch size");
+  sub->add_option("--max-steps", o.max_steps, "stop after this many steps (0: all epochs)");
+  sub->add_option("--lr", o.lr, "learning rate at --base-batch (scaled linearly with --batch)");
+  sub->add_option("--base-batch", o.base_batch, "batch size --lr refers to");
+  sub->add_option("--min-lr", o.min_lr, "final learning rate of the cosine schedule");
+  sub->add_option("--weight-decay", o.weight_decay, "AdamW weight decay (not on norms, biases, pos_embed, cls_token)");
+  sub->add_option("--warmup-epochs", o.warmup, "linear warmup epochs");
+  sub->add_option("--clip-grad", o.clip, "gradient norm clip (0: off)");
+  sub->add_option("-j,--workers", o.workers, "loader threads");
+  sub->add_option("-s,--seed", o.seed, "seed");
+  sub->add_option("--checkpoint-every", o.checkpoint_every, "steps between checkpoints (0: epoch ends only)");
+  sub->add_option("--log-every", o.log_every, "steps between progress lines");
+  sub->add_flag("--resume", o.resume, "continue from the run folder's checkpoint");
+  sub->add_flag("--force", o.force, "start over in a used run folder, or resume despite changed options");
+  sub->add_flag("-q,--quiet", o.quiet, "no progress output");
+}
+
+train::TrainConfig train_config(const TrainOptions& o, const std::string& recipe, const c10::Device& device) {
+  if (o.batch <= 0 || o.epochs <= 0 || o.base_batch <= 0) throw Error("--batch, --epochs and --base-batch must be positive");
+  train::TrainConfig tc;
+  tc.run_dir = o.out;
+  tc.epochs = o.epochs;
+  tc.max_steps = o.max_steps;
+  tc.lr = o.lr * static_cast<double>(o.batch) / o.base_batch;
+  tc.min_lr = o.min_lr;
+  tc.warmup_epochs = o.warmup;
+  tc.adamw.weight_decay = o.weight_decay;
+  tc.clip_grad = o.clip;
+  tc.seed = static_cast<uint64_t>(o.seed);
+  tc.log_every = o.log_every;
+  tc.checkpoint_every = o.checkpoint_every;
+  tc.resume = o.resume;
+  tc.force = o.force;
+  tc.quiet = o.quiet;
+  tc.device = device;
+  std::ostringstream r;
+  r << recipe << "\ndata: " << o.data << ":" << o.split << "\nepochs: " << o.epochs << "\nbatch: " << o.batch
+    << "\nlr: " << o.lr << "\nbase_batch: " << o.base_batch << "\nmin_lr: " << o.min_lr
+    << "\nweight_decay: " << o.weight_decay << "\nwarmup_epochs: " << o.warmup << "\nclip_grad: " << o.clip
+    << "\nseed: " << o.seed << "\nmax_steps: " << o.max_steps << "\n";
+  tc.recipe_text = r.str();
+  return tc;
+}
+
+data::LoaderConfig model_loader(const model::ViTConfig& cfg, bool train, int64_t batch, int workers, uint64_t seed) {
+  data::LoaderConfig lc;
+  lc.batch_size = batch;
+  lc.num_workers = workers;
+  lc.seed = seed;
+  lc.shuffle = train;
+  lc.drop_last = train;
+  lc.transform = train::model_transform(cfg, train);
+  return lc;
+}
+
+namespace {
+std::string g_command_line;
+}
+
+void set_command_line(int argc, char** argv) {
+  std::string out;
+  for (int i = 0; i < argc; ++i) {
+    std::string a = argv[i];
+    const bool plain = !a.empty() && a.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                                         "0123456789_-+=/.,:@%") == std::string::npos;
+    if (!plain) {
+      std::string q = "'";
+      for (char c : a) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+      a = q + "'";
+    }
+    out += (i ? " " : "") + a;
+  }
+  g_command_line = out;
+}
+
+const std::string& command_line() { return g_command_line; }
+
+std::string write_result(const std::string& dir, nlohmann::json j) {
+  std::filesystem::create_directories(dir);
+  j["command"] = command_line();
+  j["version"] = HD_VERSION;
+  const auto path = (std::filesystem::path(dir) / "result.json").string();
+  const std::string text = j.dump(2) + "\n";
+  atomic_write_file(path, [&](std::FILE* f) { std::fwrite(text.data(), 1, text.size(), f); });
+  return path;
 }
 
 std::string source_dir() { return HD_SOURCE_DIR; }

@@ -8,6 +8,7 @@
 
 int main(int argc, char** argv) {
   hd::ensure_passive_openmp(argv);
+  hd::cli::set_command_line(argc, argv);
   CLI::App app{"hybrid-distill " HD_VERSION
                " - Hybrid Distillation of Vision Transformers from a masked-image-modelling teacher "
                "and a supervised/contrastive teacher (LibTorch)."};
@@ -21,6 +22,8 @@ int main(int argc, char** argv) {
   hd::cli::add_data(app);
   hd::cli::add_distill(app);
   hd::cli::add_train(app);
+  hd::cli::add_pretrain(app);
+  hd::cli::add_eval(app);
   hd::cli::add_analyze(app);
   hd::cli::add_compare(app);
   hd::cli::add_bench(app);

@@ -111,7 +111,60 @@ nlohmann::json yaml_to_json(const YAML::Node& n) {
 
 }  // namespace
 
-Recipe parse_recipe(const std::string& text, const std::string& origin, const std::string& base_dir) {
+namespace {
+
+void set_path(YAML::Node node, const std::vector<std::string>& parts, size_t i, const YAML::Node& value,
+              const std::string& spec) {
+  const std::string& k = parts[i];
+  const bool last = i + 1 == parts.size();
+  auto bad = [&](const std::string& what) { throw Error("override '" + spec + "': " + what); };
+  if (node.IsSequence()) {
+    size_t idx = node.size();
+    if (!k.empty() && k.find_first_not_of("0123456789") == std::string::npos) {
+      if (k.size() > 9 || std::stoul(k) >= node.size())
+        bad("index " + k + " is out of range (the list has " + std::to_string(node.size()) + ")");
+      idx = std::stoul(k);
+    } else {
+      for (size_t j = 0; j < node.size(); ++j)
+        if (node[j].IsMap() && node[j]["name"] && node[j]["name"].IsScalar() && node[j]["name"].Scalar() == k) idx = j;
+      if (idx == node.size()) bad("no list element named '" + k + "'");
+    }
+    if (last) node[idx] = value;
+    else set_path(node[idx], parts, i + 1, value, spec);
+    return;
+  }
+  if (!node.IsMap() && !node.IsNull()) bad("'" + k + "' is below a plain value");
+  if (last) {
+    node[k] = value;
+  } else {
+    if (!node[k]) node[k] = YAML::Node(YAML::NodeType::Map);
+    set_path(node[k], parts, i + 1, value, spec);
+  }
+}
+
+void apply_override(YAML::Node root, const std::string& spec) {
+  const auto eq = spec.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw Error("override '" + spec + "': expected KEY=VALUE, e.g. train.epochs=3 or teachers.mim.checkpoint=F");
+  std::vector<std::string> parts;
+  std::stringstream ss(spec.substr(0, eq));
+  for (std::string p; std::getline(ss, p, '.');) {
+    if (p.empty()) throw Error("override '" + spec + "': empty key component");
+    parts.push_back(p);
+  }
+  YAML::Node value;
+  try {
+    value = YAML::Load(spec.substr(eq + 1));
+  } catch (const YAML::Exception&) {
+    value = YAML::Node(spec.substr(eq + 1));  // not YAML: the plain string
+  }
+  set_path(root, parts, 0, value, spec);
+}
+
+}  // namespace
+
+Recipe parse_recipe(const std::string& text, const std::string& origin, const std::string& base_dir,
+                    const std::vector<std::string>& overrides) {
   Reader r(origin);
   YAML::Node root;
   try {
@@ -120,6 +173,7 @@ Recipe parse_recipe(const std::string& text, const std::string& origin, const st
     throw Error(origin + ": not valid YAML: " + e.what());
   }
   if (!root.IsMap()) throw Error(origin + ": a recipe must be a YAML mapping");
+  for (const auto& o : overrides) apply_override(root, o);
   r.only_keys(root, "", {"name", "student", "teachers", "masking", "loss", "optim", "data", "train"});
 
   Recipe rc;
@@ -415,13 +469,13 @@ std::string Recipe::to_yaml() const {
   return std::string(e.c_str()) + "\n";
 }
 
-Recipe load_recipe(const std::string& path) {
+Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides) {
   std::ifstream in(path);
   if (!in) throw Error(path + ": cannot open recipe");
   std::stringstream ss;
   ss << in.rdbuf();
   auto dir = fs::path(path).parent_path();
-  return parse_recipe(ss.str(), path, dir.empty() ? "." : dir.string());
+  return parse_recipe(ss.str(), path, dir.empty() ? "." : dir.string(), overrides);
 }
 
 }  // namespace hd::distill

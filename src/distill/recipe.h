@@ -102,7 +102,11 @@ struct Recipe {
 // Reads and validates a recipe. Relative checkpoint paths resolve against the recipe's folder.
 // hd::Error names the file and the key for unknown keys, bad values, missing checkpoints,
 // out-of-range layers, mismatched image/patch sizes, head counts without a mapping.
-Recipe load_recipe(const std::string& path);
-Recipe parse_recipe(const std::string& yaml_text, const std::string& origin, const std::string& base_dir = ".");
+// `overrides` ("KEY=VALUE", KEY a dotted path such as train.epochs, teachers.0.checkpoint or
+// teachers.mim.checkpoint (list elements by index or by name), VALUE any YAML) are applied to
+// the document first, then validated like the file's own keys.
+Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides = {});
+Recipe parse_recipe(const std::string& yaml_text, const std::string& origin, const std::string& base_dir = ".",
+                    const std::vector<std::string>& overrides = {});
 
 }  // namespace hd::distill

@@ -1,5 +1,6 @@
 #include "train/classify.h"
 
+#include <cmath>
 #include <filesystem>
 
 #include <torch/torch.h>
@@ -15,6 +16,19 @@ torch::Tensor smoothed_cross_entropy(const torch::Tensor& logits, const torch::T
   return ((1.0 - smoothing) * nll + smoothing * uniform).mean();
 }
 
+double lr_decay_scale(const std::string& name, int64_t depth, double decay) {
+  int64_t layer = depth + 1;
+  if (name == "cls_token" || name == "pos_embed" || name.rfind("patch_embed.", 0) == 0 || name.rfind("norm_pre.", 0) == 0)
+    layer = 0;
+  else if (name.rfind("blocks.", 0) == 0)
+    layer = std::stoll(name.substr(7, name.find('.', 7) - 7)) + 1;
+  return std::pow(decay, static_cast<double>(depth + 1 - layer));
+}
+
+double ClassifyTask::lr_scale(const std::string& name) const {
+  return layer_decay_ == 1.0 ? 1.0 : lr_decay_scale(name, model_->config().depth, layer_decay_);
+}
+
 torch::Tensor ClassifyTask::loss(const data::Batch& batch, NamedTensors& terms) {
   auto logits = model_->forward(batch.images);
   auto l = smoothed_cross_entropy(logits, batch.labels, smoothing_);
@@ -27,17 +41,23 @@ void ClassifyTask::save_final(const std::string& run_dir) {
   model::save_model((std::filesystem::path(run_dir) / "model.safetensors").string(), model_);
 }
 
-double evaluate_top1(model::VisionTransformer& model, data::DataLoader& loader, const c10::Device& device) {
+double evaluate_top1(model::VisionTransformer& model, data::DataLoader& loader, const c10::Device& device,
+                     int64_t limit) {
   torch::NoGradGuard ng;
   bool was_training = model->is_training();
   model->eval();
   int64_t correct = 0, total = 0;
   loader.start_epoch(0);
   data::Batch b;
-  while (loader.next(b)) {
-    auto pred = model->forward(b.images.to(device)).argmax(-1).cpu();
-    correct += (pred == b.labels).sum().item<int64_t>();
-    total += b.labels.size(0);
+  while ((limit <= 0 || total < limit) && loader.next(b)) {
+    auto images = b.images, labels = b.labels;
+    if (limit > 0 && total + images.size(0) > limit) {
+      images = images.slice(0, 0, limit - total);
+      labels = labels.slice(0, 0, limit - total);
+    }
+    auto pred = model->forward(images.to(device)).argmax(-1).cpu();
+    correct += (pred == labels).sum().item<int64_t>();
+    total += labels.size(0);
   }
   model->train(was_training);
   return total ? static_cast<double>(correct) / total : 0.0;

@@ -27,7 +27,6 @@ void AdamW::step(double lr) {
   ++t_;
   const double bc1 = 1.0 - std::pow(cfg_.beta1, static_cast<double>(t_));
   const double bc2 = 1.0 - std::pow(cfg_.beta2, static_cast<double>(t_));
-  const double step_size = lr / bc1;
   const double bc2_sqrt = std::sqrt(bc2);
   for (size_t i = 0; i < params_.size(); ++i) {
     auto& p = params_[i].param;
@@ -36,9 +35,10 @@ void AdamW::step(double lr) {
     auto gf = g.to(torch::kFloat);
     m_[i].mul_(cfg_.beta1).add_(gf, 1.0 - cfg_.beta1);
     v_[i].mul_(cfg_.beta2).addcmul_(gf, gf, 1.0 - cfg_.beta2);
-    if (params_[i].decay && cfg_.weight_decay != 0) p.mul_(1.0 - lr * cfg_.weight_decay);
+    const double plr = lr * params_[i].lr_scale;
+    if (params_[i].decay && cfg_.weight_decay != 0) p.mul_(1.0 - plr * cfg_.weight_decay);
     auto denom = (v_[i].sqrt() / bc2_sqrt).add_(cfg_.eps);
-    p.addcdiv_(m_[i].to(p.scalar_type()), denom.to(p.scalar_type()), -step_size);
+    p.addcdiv_(m_[i].to(p.scalar_type()), denom.to(p.scalar_type()), -plr / bc1);
   }
 }
 

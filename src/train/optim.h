@@ -27,6 +27,7 @@ class AdamW {
     std::string name;
     torch::Tensor param;
     bool decay = true;
+    double lr_scale = 1.0;  // multiplies the step's learning rate (layer-wise lr decay)
   };
   AdamW(std::vector<Param> params, AdamWConfig cfg);
 
@@ -35,6 +36,7 @@ class AdamW {
   //   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
   //   p -= lr * wd * p                      (decoupled decay, decay group only)
   //   p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)
+  // with lr multiplied by the parameter's lr_scale.
   void step(double lr);
   void zero_grad();
   int64_t steps() const { return t_; }

@@ -69,7 +69,7 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg) 
   std::vector<torch::Tensor> plist;
   for (auto& p : module.named_parameters(true)) {
     if (!p.value().requires_grad()) continue;
-    params.push_back({p.key(), p.value(), task.decays(p.key(), p.value())});
+    params.push_back({p.key(), p.value(), task.decays(p.key(), p.value()), task.lr_scale(p.key())});
     plist.push_back(p.value());
   }
   AdamWConfig acfg = cfg.adamw;

@@ -25,6 +25,8 @@ class Task {
   virtual torch::nn::Module& module() = 0;
   // Whether the named parameter takes weight decay.
   virtual bool decays(const std::string& name, const torch::Tensor& p) const = 0;
+  // Learning-rate multiplier of the named parameter (layer-wise lr decay when fine-tuning).
+  virtual double lr_scale(const std::string& /*name*/) const { return 1.0; }
   // Loss of one batch (already on the device); `terms` receives named scalar parts for logging.
   virtual torch::Tensor loss(const data::Batch& batch, NamedTensors& terms) = 0;
   // Writes the final artefacts (e.g. the student alone) into the run folder.

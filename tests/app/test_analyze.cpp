@@ -11,43 +11,16 @@
 #include <nlohmann/json.hpp>
 
 #include "data/image_codec.h"
+#include "app/cli_util.h"
 #include "io/safetensors.h"
 
 namespace fs = std::filesystem;
 using namespace hd;
+using namespace hd::testing;
 
 namespace {
 
-struct Result {
-  int code;
-  std::string out;
-};
-
-Result run(const std::string& args, const std::string& env = "") {
-  std::string cmd = env + (env.empty() ? "" : " ") + std::string(HD_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  while (size_t n = std::fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  int status = pclose(p);
-  return {WEXITSTATUS(status), out};
-}
-
-std::string tmpdir(const std::string& name) {
-  auto d = fs::temp_directory_path() / "hd_test_analyze" / name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d.string();
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::ostringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
-
-bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
+std::string tmpdir(const std::string& name) { return scratch("analyze", name); }
 
 bool have_fashion_mnist() { return fs::exists("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"); }
 

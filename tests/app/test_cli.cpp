@@ -6,38 +6,13 @@
 #include <filesystem>
 #include <fstream>
 
+#include "app/cli_util.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 
 namespace fs = std::filesystem;
 using namespace hd;
-
-namespace {
-
-struct Result {
-  int code;
-  std::string out;
-};
-
-Result run(const std::string& args) {
-  std::string cmd = std::string(HD_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  while (size_t n = std::fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  int status = pclose(p);
-  return {WEXITSTATUS(status), out};
-}
-
-std::string tmpdir() {
-  auto d = fs::temp_directory_path() / "hd_test_cli";
-  fs::create_directories(d);
-  return d.string();
-}
-
-bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
-
-}  // namespace
+using namespace hd::testing;
 
 TEST(Cli, HelpShowsSubcommandsAndDefaults) {
   auto r = run("--help");
@@ -51,7 +26,7 @@ TEST(Cli, HelpShowsSubcommandsAndDefaults) {
 }
 
 TEST(Cli, InitInspectFeaturesMatchLibraryForward) {
-  auto dir = tmpdir();
+  auto dir = scratch("cli", "InitInspectFeaturesMatchLibraryForward");
   auto ckpt = dir + "/m.safetensors", in = dir + "/x.safetensors", out = dir + "/y.safetensors";
   auto r = run("init --arch vit_mini_patch4_28 --seed 3 --out " + ckpt);
   ASSERT_EQ(r.code, 0) << r.out;
@@ -83,7 +58,7 @@ TEST(Cli, InitInspectFeaturesMatchLibraryForward) {
 }
 
 TEST(Cli, BadInputsGiveClearErrors) {
-  auto dir = tmpdir();
+  auto dir = scratch("cli", "BadInputsGiveClearErrors");
   auto ckpt = dir + "/m2.safetensors", in = dir + "/wrong.safetensors";
   ASSERT_EQ(run("init --arch vit_mini_patch4_28 --out " + ckpt).code, 0);
   io::save_safetensors(in, {{"images", torch::randn({2, 3, 28, 28})}});
@@ -115,7 +90,7 @@ TEST(Cli, BadInputsGiveClearErrors) {
 
 TEST(Cli, DistillAndDumpStep) {
   if (!fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")) GTEST_SKIP() << "no Fashion-MNIST";
-  auto dir = tmpdir() + "/distill";
+  auto dir = scratch("cli", "DistillAndDumpStep") + "/distill";
   fs::remove_all(dir);
   fs::create_directories(dir);
   // Two tiny random teachers stand in for trained ones.
