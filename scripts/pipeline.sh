@@ -97,7 +97,7 @@ done
 DIAG=()
 for m in teacher_mae:$MAE teacher_sup:$SUP student_single:$SINGLE student_hybrid:$HYBRID; do
   name=${m%%:*} ckpt=${m#*:}
-  stage "analyze_$name" 0 "$BIN" analyze -c "$ckpt" --split test -n 512 --batch 64 "${COMMON[@]}"
+  stage "analyze_$name" 0 "$BIN" analyze -c "$ckpt" --data fashion-mnist --split test -n 512 --batch 64 "${COMMON[@]}"
   DIAG+=("$STAGE_DIR")
 done
 stage compare 0 "$BIN" compare "${DIAG[@]}" --labels "MAE teacher,supervised teacher,single-teacher student,hybrid student"
