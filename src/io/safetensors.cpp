@@ -492,7 +492,9 @@ SafeTensorsFile SafeTensorsFile::open(const std::string& path) {
   SafeTensorsFile f;
   f.path_ = path;
 
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO (or a device) must not hang; it is refused just below as not a
+  // regular file. Reads from regular files ignore the flag.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) throw Error(path + ": cannot open: " + errno_text());
   f.fd_ = std::shared_ptr<const int>(new int(fd), [](const int* p) {
     ::close(*p);
