@@ -4,8 +4,10 @@
 
 #include <atomic>
 #include <csignal>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -44,20 +46,55 @@ struct Position {
   int64_t step = 0, epoch = 0, batch = 0;  // next step to run; epoch and batch index within it
 };
 
+// "nan", "inf", "-inf" (whatever the NaN's sign bit) or the number.
+std::string value_text(double v) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  return std::to_string(v);
+}
+
+// A non-negative integer of the checkpoint's metadata; hd::Error naming the file otherwise.
+int64_t meta_count(const std::map<std::string, std::string>& meta, const std::string& key, const std::string& path) {
+  auto it = meta.find(key);
+  if (it == meta.end())
+    throw Error(path + ": not a training checkpoint (no '" + key + "' in its metadata); --force starts over");
+  const std::string& v = it->second;
+  if (v.empty() || v.size() > 18 || v.find_first_not_of("0123456789") != std::string::npos)
+    throw Error(path + ": metadata '" + key + "' is not a count: '" + v.substr(0, 40) + "'");
+  return std::stoll(v);
+}
+
+// Temporary files (".NAME.tmpDIGITS", see atomic_write_file) that a process killed while saving
+// left in the run folder; the files they were meant to replace are intact. A checkpoint-sized
+// leftover per kill would otherwise fill the disk of a long, often restarted run.
+void remove_stale_temporaries(const std::string& dir) {
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    const auto tmp = name.rfind(".tmp");
+    if (name.size() > 1 && name[0] == '.' && tmp != std::string::npos && tmp > 1 && tmp + 4 < name.size() &&
+        name.find_first_not_of("0123456789", tmp + 4) == std::string::npos)
+      fs::remove(it->path(), ec);
+  }
+}
+
 }  // namespace
 
 void request_stop() { g_stop.store(true); }
 
 TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg) {
-  fs::create_directories(cfg.run_dir);
   {
+    std::error_code ec;
+    fs::create_directories(cfg.run_dir, ec);
+    if (ec) throw Error(cfg.run_dir + ": cannot create the run folder: " + ec.message());
     // Fail early (before hours of work) if the run folder is not writable.
     std::string probe = (fs::path(cfg.run_dir) / ".write_test").string();
     std::FILE* f = std::fopen(probe.c_str(), "w");
-    if (!f) throw Error(cfg.run_dir + ": run folder is not writable");
+    if (!f) throw Error(cfg.run_dir + ": run folder is not writable: " + std::strerror(errno));
     std::fclose(f);
     std::remove(probe.c_str());
   }
+  remove_stale_temporaries(cfg.run_dir);
   const std::string ckpt_path = (fs::path(cfg.run_dir) / "checkpoint.safetensors").string();
   const std::string metrics_path = (fs::path(cfg.run_dir) / "metrics.jsonl").string();
   const std::string recipe_hash = hash_text(cfg.recipe_text);
@@ -89,6 +126,12 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg) 
     auto h = meta.find("recipe_hash");
     if (h != meta.end() && h->second != recipe_hash && !cfg.force)
       throw Error(ckpt_path + ": was written with a different recipe; refusing to resume (use --force to resume anyway)");
+    pos.step = meta_count(meta, "step", ckpt_path);
+    pos.epoch = meta_count(meta, "epoch", ckpt_path);
+    pos.batch = meta_count(meta, "batch", ckpt_path);
+    if (pos.batch > per_epoch)
+      throw Error(ckpt_path + ": resumes at batch " + std::to_string(pos.batch) + " of an epoch of " +
+                  std::to_string(per_epoch) + " batches (written with another batch size or data set?)");
     auto tensors = file.load_all();
     NamedTensors model_state, rest;
     for (auto& [k, v] : tensors) {
@@ -97,14 +140,15 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg) 
     }
     model::load_state(module, model_state, true, ckpt_path);
     opt.load_state(rest, ckpt_path);
-    pos.step = std::stoll(meta.at("step"));
-    pos.epoch = std::stoll(meta.at("epoch"));
-    pos.batch = std::stoll(meta.at("batch"));
     for (auto& [k, v] : rest)
       if (k == "rng.cpu") {
         auto gen = at::detail::getDefaultCPUGenerator();
         std::lock_guard<std::mutex> lock(gen.mutex());
-        gen.set_state(v);
+        try {
+          gen.set_state(v);
+        } catch (const c10::Error&) {
+          throw Error(ckpt_path + ": tensor 'rng.cpu' is not a random generator state");
+        }
       }
     if (!cfg.quiet) std::printf("resumed from %s at step %ld (epoch %ld, batch %ld)\n", ckpt_path.c_str(), (long)pos.step, (long)pos.epoch, (long)pos.batch);
   } else if (cfg.resume && !cfg.quiet) {
@@ -128,12 +172,27 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg) 
       } catch (const std::exception&) {
       }
     }
-    std::ofstream out(metrics_path, std::ios::trunc);
-    for (auto& l : keep) out << l << "\n";
+    atomic_write_file(metrics_path, [&](std::FILE* f) {
+      for (auto& l : keep) {
+        if (std::fputs(l.c_str(), f) < 0 || std::fputc('\n', f) == EOF) throw Error("write failed");
+      }
+    });
   }
   std::ofstream metrics(metrics_path, std::ios::app);
 
+  auto last_good = [&] {
+    std::error_code ec;
+    return fs::exists(ckpt_path, ec) ? "the last good checkpoint is " + ckpt_path : std::string("no checkpoint was saved yet");
+  };
   auto save_checkpoint = [&](const Position& p) {
+    // metrics.jsonl covers at least the steps the checkpoint does, whenever the run is killed.
+    metrics.flush();
+    // A finite loss can still come with non-finite gradients (and clipping may be off): never
+    // replace the last good checkpoint with broken parameters.
+    for (auto& np : module.named_parameters(true))
+      if (!torch::isfinite(np.value()).all().item<bool>())
+        throw Error("parameter '" + np.key() + "' became non-finite (nan/inf) before step " + std::to_string(p.step) +
+                    "; " + last_good());
     NamedTensors all;
     for (auto& [k, v] : model::state_dict(module)) all.emplace_back("model." + k, v.detach().cpu());
     for (auto& [k, v] : opt.state()) all.emplace_back(k, v.cpu());
@@ -142,23 +201,32 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg) 
       std::lock_guard<std::mutex> lock(gen.mutex());
       all.emplace_back("rng.cpu", gen.get_state());
     }
-    io::save_safetensors(ckpt_path, all,
-                         {{"step", std::to_string(p.step)},
-                          {"epoch", std::to_string(p.epoch)},
-                          {"batch", std::to_string(p.batch)},
-                          {"recipe_hash", recipe_hash}});
+    try {
+      io::save_safetensors(ckpt_path, all,
+                           {{"step", std::to_string(p.step)},
+                            {"epoch", std::to_string(p.epoch)},
+                            {"batch", std::to_string(p.batch)},
+                            {"recipe_hash", recipe_hash}});
+    } catch (const Error& e) {
+      throw Error(std::string(e.what()) + " (checkpoint of step " + std::to_string(p.step) +
+                  " not saved; the previous checkpoint file, if any, is unchanged)");
+    }
   };
 
   g_stop.store(false);
   auto old_int = std::signal(SIGINT, on_signal);
   auto old_term = std::signal(SIGTERM, on_signal);
+  // Past a file-size limit (ulimit -f) writes then fail with EFBIG, reported like a full disk,
+  // instead of the signal killing the run.
+  auto old_xfsz = std::signal(SIGXFSZ, SIG_IGN);
   struct Restore {
-    decltype(old_int) a, b;
+    decltype(old_int) a, b, c;
     ~Restore() {
       std::signal(SIGINT, a);
       std::signal(SIGTERM, b);
+      std::signal(SIGXFSZ, c);
     }
-  } restore{old_int, old_term};
+  } restore{old_int, old_term, old_xfsz};
 
   TrainResult result;
   const int64_t start_step = pos.step;
@@ -188,8 +256,8 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg) 
         std::string bad = "total";
         for (auto& [k, v] : terms)
           if (!std::isfinite(v.item<double>())) bad = k;
-        throw Error("loss became " + std::to_string(loss_v) + " at step " + std::to_string(pos.step) + " (term '" + bad +
-                    "'); the last good checkpoint is " + ckpt_path);
+        throw Error("loss became " + value_text(loss_v) + " at step " + std::to_string(pos.step) + " (term '" + bad +
+                    "'); " + last_good());
       }
       t.reset();
       opt.zero_grad();
@@ -197,6 +265,9 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg) 
       t_bwd += t.seconds();
       t.reset();
       double gnorm = cfg.clip_grad > 0 ? clip_grad_norm(plist, cfg.clip_grad) : 0.0;
+      if (!std::isfinite(gnorm))
+        throw Error("gradient norm became " + value_text(gnorm) + " at step " + std::to_string(pos.step) +
+                    " (loss " + value_text(loss_v) + "); parameters not updated; " + last_good());
       opt.step(lr);
       t_opt += t.seconds();
 
