@@ -3,9 +3,12 @@
 #include <zlib.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <memory>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -30,6 +33,8 @@ std::string hex32(uint32_t v) {
 // compressed (transparent mode), so one code path serves both ".gz" and plain IDX files.
 class GzReader {
  public:
+  static constexpr uint64_t kGrowStep = uint64_t{64} << 20;  // see read_payload
+
   explicit GzReader(const std::string& path) : path_(path) {
     std::error_code ec;
     if (!std::filesystem::is_regular_file(path, ec))
@@ -97,6 +102,35 @@ class GzReader {
     if (!plain && payload / 1032 > file_size_)
       throw Error(path_ + ": truncated or corrupt: header announces " + std::to_string(payload) + " bytes of " + what +
                   ", more than a " + std::to_string(file_size_) + "-byte gzip file can hold");
+  }
+
+  // The payload as a uint8 tensor of `sizes` (`bytes` in all). Plain files were checked against
+  // their exact size, so the tensor is allocated at once. A gzip stream can only be bounded
+  // loosely (a few MiB of gzip may announce GiBs), so its buffer grows (doubling) as data
+  // actually arrives: a lying header fails as truncated without ever having reserved more than
+  // twice what was really there.
+  torch::Tensor read_payload(const std::vector<int64_t>& sizes, uint64_t bytes, const std::string& what) {
+    if (gzdirect(file_) == 1 || bytes <= kGrowStep) {
+      torch::Tensor t = torch::empty(sizes, torch::kUInt8);
+      read_exact(t.data_ptr<uint8_t>(), bytes, what);
+      return t;
+    }
+    std::unique_ptr<uint8_t, void (*)(void*)> buf(nullptr, &std::free);
+    uint64_t done = 0;
+    while (done < bytes) {
+      const uint64_t step = std::min<uint64_t>(bytes - done, std::max<uint64_t>(kGrowStep, done));
+      void* grown = std::realloc(buf.get(), static_cast<size_t>(done + step));
+      if (!grown) throw Error(path_ + ": out of memory reading " + what + " (" + human_bytes(done + step) + ")");
+      buf.release();
+      buf.reset(static_cast<uint8_t*>(grown));
+      const uint64_t got = read_some(buf.get() + done, step);
+      done += got;
+      if (got != step)
+        throw Error(path_ + ": truncated: expected " + std::to_string(bytes) + " bytes of " + what + ", found " +
+                    std::to_string(done));
+    }
+    uint8_t* raw = buf.release();
+    return torch::from_blob(raw, sizes, [](void* p) { std::free(p); }, torch::kUInt8);
   }
 
   // The payload must end exactly where the header says: extra bytes mean the header is wrong
@@ -204,8 +238,8 @@ torch::Tensor read_idx_images(const std::string& path) {
                 std::to_string(cols) + " (" + human_bytes(bytes) + "), more than the " + human_bytes(kMaxIdxBytes) +
                 " limit; the header is probably corrupt");
   in.check_payload_fits(bytes, 16, "pixel data");
-  torch::Tensor images = torch::empty({int64_t{count}, int64_t{rows}, int64_t{cols}}, torch::kUInt8);
-  in.read_exact(images.data_ptr<uint8_t>(), bytes, "pixel data for " + std::to_string(count) + " images");
+  torch::Tensor images = in.read_payload({int64_t{count}, int64_t{rows}, int64_t{cols}}, bytes,
+                                         "pixel data for " + std::to_string(count) + " images");
   in.expect_end(std::to_string(count) + " images");
   return images;
 }
@@ -218,8 +252,7 @@ torch::Tensor read_idx_labels(const std::string& path) {
   if (count == 0) throw Error(path + ": IDX header announces no labels");
   // count < 2^32 is below kMaxIdxBytes; a count the file cannot hold is refused just below.
   in.check_payload_fits(count, 8, "labels");
-  torch::Tensor raw = torch::empty({int64_t{count}}, torch::kUInt8);
-  in.read_exact(raw.data_ptr<uint8_t>(), count, "labels for " + std::to_string(count) + " samples");
+  torch::Tensor raw = in.read_payload({int64_t{count}}, count, "labels for " + std::to_string(count) + " samples");
   in.expect_end(std::to_string(count) + " labels");
   return raw.to(torch::kInt64);
 }

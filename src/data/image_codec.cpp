@@ -1,7 +1,10 @@
 #include "data/image_codec.h"
 
+#include <fcntl.h>
 #include <png.h>
+#include <sys/stat.h>
 #include <turbojpeg.h>
+#include <unistd.h>
 
 #include <cctype>
 #include <cerrno>
@@ -111,6 +114,17 @@ torch::Tensor decode_png(const uint8_t* data, size_t size, const std::string& so
 
   if (!png_image_begin_read_from_memory(&img, data, size)) throw Error(source + ": invalid PNG: " + img.message);
   check_dims(img.width, img.height, source, "PNG");
+  // Deflate expands at most ~1032:1, so a stream this small cannot hold the announced pixels
+  // (a few bytes claiming a 10000x10000 image): refused before the output is allocated. The raw
+  // stream has a filter byte and ceil(width * bits per pixel / 8) bytes per row; bit depth
+  // (byte 24) and colour type (byte 25) come from the IHDR chunk libpng has just validated.
+  static const int kSamples[7] = {1, 0, 3, 1, 2, 0, 4};  // per colour type 0..6
+  const int depth = size > 25 ? data[24] : 1, color_type = size > 25 ? data[25] : 0;
+  const uint64_t bits_per_pixel = uint64_t(depth) * (color_type >= 0 && color_type <= 6 ? kSamples[color_type] : 1);
+  const uint64_t raw_bytes = ((uint64_t{img.width} * bits_per_pixel + 7) / 8 + 1) * uint64_t{img.height};
+  if (raw_bytes / 1032 > size)
+    throw Error(source + ": truncated or corrupt PNG: " + std::to_string(img.width) + "x" +
+                std::to_string(img.height) + " pixels announced in a " + std::to_string(size) + "-byte file");
   // Keep the alpha channel if there is one and drop it afterwards: libpng would otherwise
   // composite onto a background, while PIL's convert("RGB") keeps the colour values as they are.
   const bool alpha = (img.format & PNG_FORMAT_FLAG_ALPHA) != 0;
@@ -145,18 +159,37 @@ torch::Tensor decode_image(const uint8_t* data, size_t size, const std::string& 
 }
 
 std::vector<uint8_t> read_file_bytes(const std::string& path) {
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
-  if (!f) throw Error(path + ": cannot open: " + std::strerror(errno));
+  // O_NONBLOCK and the type check: a FIFO or device named like an image must not hang the loader.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) throw Error(path + ": cannot open: " + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw Error(path + ": not a regular file");
+  }
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(::fdopen(fd, "rb"), &std::fclose);
+  if (!f) {
+    ::close(fd);
+    throw Error(path + ": cannot open: " + std::strerror(errno));
+  }
   std::vector<uint8_t> bytes;
+  auto too_large = [&](uint64_t n) {
+    return Error(path + ": file of " + human_bytes(n) + " is larger than the " + human_bytes(kMaxImageFileBytes) +
+                 " accepted for an image");
+  };
   if (std::fseek(f.get(), 0, SEEK_END) == 0) {
     long n = std::ftell(f.get());
+    if (n > 0 && static_cast<uint64_t>(n) > kMaxImageFileBytes) throw too_large(static_cast<uint64_t>(n));
     if (n > 0) bytes.reserve(static_cast<size_t>(n));
     std::rewind(f.get());
   }
-  // Read to EOF rather than trusting the size: the file may change or be a pipe.
+  // Read to EOF rather than trusting the size: the file may change while it is read.
   uint8_t chunk[1 << 16];
   size_t got;
-  while ((got = std::fread(chunk, 1, sizeof(chunk), f.get())) > 0) bytes.insert(bytes.end(), chunk, chunk + got);
+  while ((got = std::fread(chunk, 1, sizeof(chunk), f.get())) > 0) {
+    if (bytes.size() + got > kMaxImageFileBytes) throw too_large(bytes.size() + got);
+    bytes.insert(bytes.end(), chunk, chunk + got);
+  }
   if (std::ferror(f.get())) throw Error(path + ": read failed: " + std::strerror(errno));
   return bytes;
 }

@@ -13,6 +13,8 @@ namespace hd::data {
 // Images with more pixels than this are refused before allocating (a corrupt or hostile header
 // could otherwise ask for many GiB). Same order of magnitude as PIL's decompression-bomb limit.
 constexpr int64_t kMaxImagePixels = int64_t{1} << 27;  // 134 M pixels, ~400 MB as RGB
+// Image files larger than this are refused before they are read into memory.
+constexpr uint64_t kMaxImageFileBytes = uint64_t{1} << 30;  // 1 GiB
 
 // Decodes a JPEG or PNG held in memory to uint8 [3,H,W] (RGB), contiguous. The format is taken
 // from the file signature, not the name (data sets contain PNGs named .jpg and vice versa).
@@ -22,10 +24,12 @@ constexpr int64_t kMaxImagePixels = int64_t{1} << 27;  // 134 M pixels, ~400 MB 
 //     Recoverable libjpeg warnings (e.g. extraneous bytes) are tolerated, but a truncated JPEG
 //     ("Premature end of JPEG file") is an error: libjpeg would silently fill the rest with gray.
 //   - 16-bit PNGs without colour-space information are taken as sRGB-encoded (value / 257).
+//   - Sizes are checked before anything is allocated: more than kMaxImagePixels pixels, or a PNG
+//     announcing more pixel data than its compressed stream can possibly hold, are refused.
 // Throws hd::Error whose message starts with `source` (the path) on any failure.
 torch::Tensor decode_image(const uint8_t* data, size_t size, const std::string& source);
 
-// Reads a whole file; throws hd::Error naming it on failure.
+// Reads a whole file; throws hd::Error naming it on failure or if it exceeds kMaxImageFileBytes.
 std::vector<uint8_t> read_file_bytes(const std::string& path);
 
 // Reads and decodes an image file (see decode_image).
