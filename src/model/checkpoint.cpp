@@ -1,11 +1,15 @@
 #include "model/checkpoint.h"
 
+#include <filesystem>
+#include <fstream>
 #include <set>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include "io/safetensors.h"
+#include "model/interop.h"
 #include "util/common.h"
 
 namespace hd::model {
@@ -85,19 +89,33 @@ void save_model(const std::string& path, VisionTransformer& model, const std::ma
 
 ViTConfig checkpoint_config(const std::string& path, const std::string& arch) {
   if (!arch.empty()) return preset(arch);
-  auto file = io::SafeTensorsFile::open(path);
-  auto it = file.metadata().find(kConfigMetaKey);
-  if (it == file.metadata().end())
-    throw Error(path + ": no architecture in the file's metadata; name one with --arch (see `hybrid-distill presets`)");
-  return ViTConfig::from_json(it->second, path + " (metadata " + kConfigMetaKey + ")");
+  if (checkpoint_format(path) == "safetensors") {  // torch.save files carry no architecture
+    auto file = io::SafeTensorsFile::open(path);
+    auto it = file.metadata().find(kConfigMetaKey);
+    if (it != file.metadata().end())
+      return ViTConfig::from_json(it->second, path + " (metadata " + kConfigMetaKey + ")");
+  }
+  const auto hub = std::filesystem::path(path).parent_path() / "config.json";
+  if (std::filesystem::is_regular_file(hub)) {
+    std::ifstream in(hub);
+    std::stringstream text;
+    text << in.rdbuf();
+    auto j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.contains("architecture")) return config_from_timm_hub(text.str(), hub.string());
+  }
+  throw Error(path + ": no architecture in the file's metadata; name one with --arch (see `hybrid-distill presets`)");
 }
 
 VisionTransformer load_model(const std::string& path, const std::string& arch, bool strict, LoadReport* report) {
   ViTConfig cfg = checkpoint_config(path, arch);
+  CheckpointFile file = read_checkpoint_file(path);
+  Conversion conv = to_timm_layout(std::move(file.tensors), path);
+  fit_to_config(conv, cfg, path);
   VisionTransformer model(cfg);
-  auto file = io::SafeTensorsFile::open(path);
-  NamedTensors tensors = file.load_all();
-  LoadReport r = load_state(*model, tensors, strict, path);
+  LoadReport r = load_state(*model, conv.tensors, strict, path);
+  r.ignored = conv.ignored;
+  r.notes = file.notes;
+  r.notes.insert(r.notes.end(), conv.notes.begin(), conv.notes.end());
   if (report) *report = r;
   return model;
 }

@@ -19,6 +19,9 @@ using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
 struct LoadReport {
   std::vector<std::string> missing;     // model parameters absent from the file
   std::vector<std::string> unexpected;  // file tensors the model has no parameter for
+  std::vector<std::string> ignored;     // file tensors set aside as not part of the encoder
+                                        // (another tower, a decoder: see model/interop.h)
+  std::vector<std::string> notes;       // conversions done (prefixes, names, resampling, head)
 };
 
 // Parameters and buffers of `model` in registration order (timm names).
@@ -36,11 +39,17 @@ void save_model(const std::string& path, VisionTransformer& model,
                 const std::map<std::string, std::string>& extra = {},
                 c10::ScalarType dtype = c10::ScalarType::Float);
 
-// The architecture of a checkpoint: `arch` (a preset name) if given, else the config stored in
-// the file's metadata. An hd::Error if neither is available.
+// The architecture of a checkpoint: `arch` (a preset name) if given (the file is then not
+// read), else the config stored in a safetensors file's metadata, else a timm config.json next
+// to the file (Hugging Face hub layout). An hd::Error if none is available.
 ViTConfig checkpoint_config(const std::string& path, const std::string& arch = "");
 
-// Builds the model described by checkpoint_config() and loads its weights (float32).
+// Builds the model described by checkpoint_config() and loads its weights (float32). The file
+// may be safetensors or a torch.save .pth, in timm's, OpenAI CLIP's or torchvision's names,
+// under wrapper entries and key prefixes; the positional embedding is resampled to the
+// architecture's grid and the classifier follows the file (model/interop.h). `report` lists what
+// was converted, ignored, missing or unexpected; with `strict`, missing or unexpected tensors
+// are an hd::Error.
 VisionTransformer load_model(const std::string& path, const std::string& arch = "", bool strict = true,
                              LoadReport* report = nullptr);
 

@@ -157,6 +157,19 @@ ViTConfig small_image(ViTConfig c) {
   return c;
 }
 
+// OpenAI CLIP image towers: LayerNorm eps 1e-5, ln_pre, no patch-embedding bias, QuickGELU, CLIP
+// statistics; the head is the projection into the joint embedding (no bias in OpenAI's files).
+ViTConfig openai_clip(ViTConfig c) {
+  c.ln_eps = 1e-5;
+  c.norm_pre = true;
+  c.patch_bias = false;
+  c.act = Activation::QuickGELU;
+  c.head_bias = false;
+  c.mean = kClipMean;
+  c.std = kClipStd;
+  return c;
+}
+
 const std::map<std::string, std::function<ViTConfig()>>& registry() {
   static const std::map<std::string, std::function<ViTConfig()>> r = {
       {"vit_tiny_patch16_224", [] { return vit("vit_tiny_patch16_224", 224, 16, 192, 12, 3, 1000); }},
@@ -176,17 +189,14 @@ const std::map<std::string, std::function<ViTConfig()>>& registry() {
          return c;
        }},
       {"vit_base_patch16_clip_224.openai",
-       [] {
-         auto c = vit("vit_base_patch16_clip_224.openai", 224, 16, 768, 12, 12, 512);
-         c.ln_eps = 1e-5;
-         c.norm_pre = true;
-         c.patch_bias = false;
-         c.act = Activation::QuickGELU;
-         c.mean = kClipMean;
-         c.std = kClipStd;
-         return c;
-       }},
+       [] { return openai_clip(vit("vit_base_patch16_clip_224.openai", 224, 16, 768, 12, 12, 512)); }},
+      {"vit_large_patch16_224.mae", [] { return vit("vit_large_patch16_224.mae", 224, 16, 1024, 24, 16, 0); }},
+      {"vit_base_patch16_224.dino", [] { return vit("vit_base_patch16_224.dino", 224, 16, 768, 12, 12, 0); }},
+      {"vit_large_patch14_clip_224.openai",
+       [] { return openai_clip(vit("vit_large_patch14_clip_224.openai", 224, 14, 1024, 24, 16, 768)); }},
       {"deit_base_patch16_224", [] { return vit("deit_base_patch16_224", 224, 16, 768, 12, 12, 1000); }},
+      {"deit_base_patch16_224.fb_in1k",
+       [] { return vit("deit_base_patch16_224.fb_in1k", 224, 16, 768, 12, 12, 1000); }},
   };
   return r;
 }

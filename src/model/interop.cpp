@@ -1,0 +1,587 @@
+#include "model/interop.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+#include <torch/serialize.h>
+#include <torch/torch.h>
+
+#include "io/safetensors.h"
+#include "util/common.h"
+
+namespace hd::model {
+
+namespace fs = std::filesystem;
+namespace F = torch::nn::functional;
+
+namespace {
+
+bool starts_with(const std::string& s, const std::string& p) { return s.compare(0, p.size(), p) == 0; }
+
+std::string shape_str(c10::IntArrayRef s) {
+  std::ostringstream o;
+  o << s;
+  return o.str();
+}
+
+std::vector<char> read_bytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
+  if (!f) throw Error(path + ": cannot open file");
+  const auto size = static_cast<std::streamoff>(f.tellg());
+  std::vector<char> bytes(static_cast<size_t>(size));
+  f.seekg(0);
+  if (size > 0 && !f.read(bytes.data(), size)) throw Error(path + ": read error");
+  return bytes;
+}
+
+bool contains_bytes(const std::vector<char>& hay, const char* needle) {
+  const size_t n = std::strlen(needle);
+  return std::search(hay.begin(), hay.end(), needle, needle + n) != hay.end();
+}
+
+// The Python one-liner that turns the file into something LibTorch reads: a plain dict.
+std::string pth_fix(const std::string& path, const std::string& entry) {
+  std::string load = "torch.load('" + path + "', map_location='cpu')" + (entry.empty() ? "" : "['" + entry + "']");
+  return "convert it once in Python: python3 -c \"import torch; torch.save(dict(" + load + "), '" + path +
+         ".dict.pth')\" (a plain dict), or save it as safetensors (safetensors.torch.save_file)";
+}
+
+// Where a collections.OrderedDict sits in a torch.save file: "" at the top level, else the
+// wrapper entry holding it (found in the pickle: protocol 2 writes a key as 'X', a 4-byte
+// little-endian length and the UTF-8 text, before the value's class).
+std::string ordered_dict_entry(const std::vector<char>& bytes) {
+  static const std::string od = "collections\nOrderedDict";
+  auto at = std::search(bytes.begin(), bytes.end(), od.begin(), od.end());
+  for (const auto& w : wrapper_keys()) {
+    std::string key = "X";
+    for (int i = 0; i < 4; ++i) key += static_cast<char>((w.size() >> (8 * i)) & 0xff);
+    key += w;
+    if (std::search(bytes.begin(), at, key.begin(), key.end()) != at) return w;
+  }
+  return "";
+}
+
+std::string first_line(const std::string& s) {
+  auto n = s.find('\n');
+  return n == std::string::npos ? s : s.substr(0, n);
+}
+
+NamedTensors tensors_of(const c10::impl::GenericDict& d) {
+  NamedTensors out;
+  for (const auto& kv : d)
+    if (kv.key().isString() && kv.value().isTensor())
+      out.emplace_back(kv.key().toStringRef(), kv.value().toTensor().contiguous());
+  return out;
+}
+
+CheckpointFile read_torch_file(const std::string& path) {
+  CheckpointFile out;
+  out.format = "torch";
+  const auto bytes = read_bytes(path);
+  const bool ordered = contains_bytes(bytes, "collections\nOrderedDict");
+  c10::IValue root;
+  try {
+    root = torch::pickle_load(bytes);
+  } catch (const std::exception& e) {
+    if (ordered) {
+      const std::string entry = ordered_dict_entry(bytes);
+      throw Error(path + ": the file holds a collections.OrderedDict" +
+                  (entry.empty() ? " (as torch.save(model.state_dict()) writes)" : " (its '" + entry + "' entry)") +
+                  ", which LibTorch cannot rebuild; " + pth_fix(path, entry));
+    }
+    throw Error(path + ": LibTorch cannot read this torch.save file (" + first_line(e.what()) + "); " +
+                pth_fix(path, ""));
+  }
+  if (!root.isGenericDict()) {
+    if (ordered || root.isNone())
+      throw Error(path + ": the file holds a collections.OrderedDict (as torch.save(model.state_dict()) writes), "
+                         "which LibTorch cannot rebuild; " + pth_fix(path, ""));
+    throw Error(path + ": expected a dict of tensors, found a " + root.tagKind());
+  }
+  const auto dict = root.toGenericDict();
+  out.tensors = tensors_of(dict);
+  if (!out.tensors.empty()) return out;
+  std::string keys;
+  for (const auto& kv : dict)
+    if (kv.key().isString()) keys += (keys.empty() ? "" : ", ") + kv.key().toStringRef();
+  for (const auto& w : wrapper_keys()) {
+    auto it = dict.find(w);
+    if (it == dict.end()) continue;
+    const auto& v = it->value();
+    if (v.isGenericDict()) {
+      out.tensors = tensors_of(v.toGenericDict());
+      // One more level: {"state_dict": {"model": {...}}} and the like.
+      if (out.tensors.empty())
+        for (const auto& w2 : wrapper_keys()) {
+          auto in = v.toGenericDict();
+          auto it2 = in.find(w2);
+          if (it2 != in.end() && it2->value().isGenericDict()) {
+            out.tensors = tensors_of(it2->value().toGenericDict());
+            if (!out.tensors.empty()) {
+              out.notes.push_back("using the '" + w + "' / '" + w2 + "' entry of the file");
+              return out;
+            }
+          }
+        }
+      if (!out.tensors.empty()) {
+        out.notes.push_back("using the '" + w + "' entry of the file");
+        return out;
+      }
+    } else if (v.isNone() && ordered) {
+      throw Error(path + ": the '" + w + "' entry is a collections.OrderedDict, which LibTorch cannot rebuild; " +
+                  pth_fix(path, w));
+    }
+  }
+  throw Error(path + ": no tensors found at the top level or under " + [] {
+    std::string s;
+    for (const auto& w : wrapper_keys()) s += (s.empty() ? "'" : ", '") + w + "'";
+    return s;
+  }() + " (top-level keys: " + (keys.empty() ? "none" : keys) + ")");
+}
+
+// Whether the tensors hold a ViT's patch embedding (possibly under further prefixes).
+bool has_patch_embedding(const NamedTensors& t) {
+  for (const auto& [k, v] : t)
+    for (const char* pe : {"patch_embed.proj.weight", "conv1.weight", "conv_proj.weight"}) {
+      const std::string e(pe);
+      if (k == e || (k.size() > e.size() && k.compare(k.size() - e.size() - 1, e.size() + 1, "." + e) == 0))
+        return true;
+    }
+  return false;
+}
+
+torch::Tensor apply_op(const torch::Tensor& t, TensorOp op, const std::string& key, const std::string& origin) {
+  switch (op) {
+    case TensorOp::None:
+      return t;
+    case TensorOp::Transpose:
+      if (t.dim() != 2)
+        throw Error(origin + ": tensor '" + key + "' has shape " + shape_str(t.sizes()) +
+                    " but a 2-D projection matrix [in, out] is expected");
+      return t.t().contiguous();
+    case TensorOp::AsTokens:
+      if (t.dim() == 1) return t.reshape({1, 1, t.size(0)});
+      if (t.dim() == 2) return t.unsqueeze(0);
+      if (t.dim() == 3 && t.size(0) == 1) return t;
+      throw Error(origin + ": tensor '" + key + "' has shape " + shape_str(t.sizes()) +
+                  " but [D] or [N, D] token embeddings are expected");
+  }
+  return t;
+}
+
+bool near(double a, double b) { return std::abs(a - b) <= 1e-3 * std::abs(b); }
+
+std::string tail_of(const std::string& name) {
+  auto dot = name.find('.');
+  return dot == std::string::npos ? "" : name.substr(dot + 1);
+}
+std::string base_of(const std::string& name) { return name.substr(0, name.find('.')); }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+const std::vector<std::string>& wrapper_keys() {
+  static const std::vector<std::string> k = {"state_dict", "model", "module", "teacher", "model_ema", "net"};
+  return k;
+}
+
+const std::vector<std::string>& key_prefixes() {
+  static const std::vector<std::string> p = {"module.", "_orig_mod.", "model.", "visual.", "trunk.",
+                                             "backbone.", "teacher.", "image_encoder."};
+  return p;
+}
+
+const std::vector<KeyLayout>& key_layouts() {
+  static const std::vector<KeyLayout> layouts = {
+      {"openai_clip",
+       {R"(class_embedding)", R"(transformer\.resblocks\.\d+\..*)"},
+       {
+           {R"(conv1\.weight)", "patch_embed.proj.weight"},
+           {R"(class_embedding)", "cls_token", TensorOp::AsTokens},
+           {R"(positional_embedding)", "pos_embed", TensorOp::AsTokens},
+           {R"(ln_pre\.(weight|bias))", "norm_pre.$1"},
+           {R"(transformer\.resblocks\.(\d+)\.ln_1\.(weight|bias))", "blocks.$1.norm1.$2"},
+           {R"(transformer\.resblocks\.(\d+)\.attn\.in_proj_weight)", "blocks.$1.attn.qkv.weight"},
+           {R"(transformer\.resblocks\.(\d+)\.attn\.in_proj_bias)", "blocks.$1.attn.qkv.bias"},
+           {R"(transformer\.resblocks\.(\d+)\.attn\.out_proj\.(weight|bias))", "blocks.$1.attn.proj.$2"},
+           {R"(transformer\.resblocks\.(\d+)\.ln_2\.(weight|bias))", "blocks.$1.norm2.$2"},
+           {R"(transformer\.resblocks\.(\d+)\.mlp\.c_fc\.(weight|bias))", "blocks.$1.mlp.fc1.$2"},
+           {R"(transformer\.resblocks\.(\d+)\.mlp\.c_proj\.(weight|bias))", "blocks.$1.mlp.fc2.$2"},
+           {R"(ln_post\.(weight|bias))", "norm.$1"},
+           {R"(proj)", "head.weight", TensorOp::Transpose},
+       },
+       {}},
+      {"torchvision",
+       {R"(class_token)", R"(conv_proj\.weight)", R"(encoder\.layers\.encoder_layer_\d+\..*)"},
+       {
+           {R"(conv_proj\.(weight|bias))", "patch_embed.proj.$1"},
+           {R"(class_token)", "cls_token"},
+           {R"(encoder\.pos_embedding)", "pos_embed"},
+           {R"(encoder\.layers\.encoder_layer_(\d+)\.ln_1\.(weight|bias))", "blocks.$1.norm1.$2"},
+           {R"(encoder\.layers\.encoder_layer_(\d+)\.self_attention\.in_proj_weight)", "blocks.$1.attn.qkv.weight"},
+           {R"(encoder\.layers\.encoder_layer_(\d+)\.self_attention\.in_proj_bias)", "blocks.$1.attn.qkv.bias"},
+           {R"(encoder\.layers\.encoder_layer_(\d+)\.self_attention\.out_proj\.(weight|bias))",
+            "blocks.$1.attn.proj.$2"},
+           {R"(encoder\.layers\.encoder_layer_(\d+)\.ln_2\.(weight|bias))", "blocks.$1.norm2.$2"},
+           {R"(encoder\.layers\.encoder_layer_(\d+)\.mlp\.(?:0|linear_1)\.(weight|bias))", "blocks.$1.mlp.fc1.$2"},
+           {R"(encoder\.layers\.encoder_layer_(\d+)\.mlp\.(?:3|linear_2)\.(weight|bias))", "blocks.$1.mlp.fc2.$2"},
+           {R"(encoder\.ln\.(weight|bias))", "norm.$1"},
+           {R"(heads\.head\.(weight|bias))", "head.$1"},
+       },
+       {}},
+      // timm's own names (MAE, DeiT, DINO and timm / Hugging Face hub files): kept; MAE
+      // pre-training files also hold the decoder and mask token.
+      {"timm", {}, {}, {R"(decoder[._].*)", R"(mask_token)"}},
+  };
+  return layouts;
+}
+
+// ---------------------------------------------------------------------------------------------
+std::string checkpoint_format(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Error(path + ": cannot open file");
+  unsigned char b[9] = {0};
+  f.read(reinterpret_cast<char*>(b), sizeof b);
+  const auto n = f.gcount();
+  if (n >= 4 && b[0] == 'P' && b[1] == 'K' && b[2] == 3 && b[3] == 4) return "torch";
+  // A safetensors header (after its 8-byte length) is a JSON object; a pickle starts with PROTO.
+  if (n == 9 && b[8] == '{') return "safetensors";
+  if (n >= 2 && b[0] == 0x80 && b[1] >= 2 && b[1] <= 5) return "torch_legacy";
+  return "safetensors";
+}
+
+CheckpointFile read_checkpoint_file(const std::string& path) {
+  const std::string format = checkpoint_format(path);
+  if (format == "torch") return read_torch_file(path);
+  if (format == "torch_legacy")
+    throw Error(path + ": a torch.save file in the legacy (pre-1.6, non-zip) format, which LibTorch cannot read; " +
+                pth_fix(path, ""));
+  CheckpointFile out;
+  out.format = "safetensors";
+  auto file = io::SafeTensorsFile::open(path);
+  out.tensors = file.load_all();
+  out.metadata = file.metadata();
+  return out;
+}
+
+Conversion to_timm_layout(NamedTensors tensors, const std::string& origin) {
+  Conversion c;
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (const auto& p : key_prefixes()) {
+      NamedTensors inside;
+      std::vector<std::string> outside;
+      for (auto& [k, v] : tensors) {
+        if (starts_with(k, p)) inside.emplace_back(k.substr(p.size()), v);
+        else outside.push_back(k);
+      }
+      if (inside.empty() || !has_patch_embedding(inside)) continue;
+      c.notes.push_back("stripped the key prefix '" + p + "'" +
+                        (outside.empty() ? "" : " (ignoring " + std::to_string(outside.size()) + " tensors outside it)"));
+      c.ignored.insert(c.ignored.end(), outside.begin(), outside.end());
+      tensors = std::move(inside);
+      changed = true;
+      break;
+    }
+  }
+
+  static const std::regex hf_transformers(R"((^|.*\.)(embeddings\.patch_embeddings\..*|encoder\.layers?\.\d+\.(attention|self_attn)\..*))");
+  for (const auto& [k, v] : tensors)
+    if (std::regex_match(k, hf_transformers))
+      throw Error(origin + ": tensor '" + k + "' is in Hugging Face transformers' layout (separate query/key/value "
+                  "projections), which is not read; use the timm weights of the same model (hf.co/timm/...)");
+
+  const KeyLayout* layout = &key_layouts().back();
+  for (const auto& l : key_layouts()) {
+    bool hit = false;
+    for (const auto& m : l.markers) {
+      std::regex re(m);
+      for (const auto& [k, v] : tensors)
+        if (std::regex_match(k, re)) {
+          hit = true;
+          break;
+        }
+      if (hit) break;
+    }
+    if (hit) {
+      layout = &l;
+      break;
+    }
+  }
+  c.layout = layout->name;
+
+  std::vector<std::pair<std::regex, const RenameRule*>> rules;
+  for (const auto& r : layout->rules) rules.emplace_back(std::regex(r.pattern), &r);
+  std::vector<std::regex> ignore;
+  for (const auto& i : layout->ignore) ignore.emplace_back(i);
+
+  std::map<std::string, std::string> source_of;
+  int renamed = 0, dropped = 0;
+  for (auto& [k, v] : tensors) {
+    bool skip = false;
+    for (const auto& re : ignore)
+      if (std::regex_match(k, re)) skip = true;
+    if (skip) {
+      c.ignored.push_back(k);
+      ++dropped;
+      continue;
+    }
+    std::string name = k;
+    torch::Tensor t = v;
+    for (const auto& [re, rule] : rules)
+      if (std::regex_match(k, re)) {
+        name = std::regex_replace(k, re, rule->replacement);
+        t = apply_op(v, rule->op, k, origin);
+        ++renamed;
+        break;
+      }
+    auto [it, fresh] = source_of.emplace(name, k);
+    if (!fresh)
+      throw Error(origin + ": tensors '" + it->second + "' and '" + k + "' both map to '" + name + "'");
+    c.tensors.emplace_back(name, t);
+  }
+  if (renamed) c.notes.push_back("converted " + std::to_string(renamed) + " tensor names from the " + c.layout + " layout");
+  if (dropped) c.notes.push_back("ignored " + std::to_string(dropped) + " tensors that are not part of the ViT encoder");
+  return c;
+}
+
+torch::Tensor resample_pos_embed(const torch::Tensor& pos, int64_t new_h, int64_t new_w, int64_t num_prefix,
+                                 bool antialias) {
+  if (pos.dim() != 3 || pos.size(0) != 1)
+    throw Error("pos_embed has shape " + shape_str(pos.sizes()) + "; expected [1, tokens, dim]");
+  const int64_t grid_tokens = pos.size(1) - num_prefix, D = pos.size(2);
+  const auto hw = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(std::max<int64_t>(grid_tokens, 0)))));
+  if (grid_tokens <= 0 || hw * hw != grid_tokens)
+    throw Error("pos_embed has shape " + shape_str(pos.sizes()) + ": " + std::to_string(grid_tokens) +
+                " grid tokens after " + std::to_string(num_prefix) + " prefix token(s) is not a square grid");
+  if (new_h <= 0 || new_w <= 0) throw Error("pos_embed: the new grid must be positive");
+  if (hw == new_h && hw == new_w) return pos;
+  torch::NoGradGuard ng;
+  auto prefix = pos.slice(1, 0, num_prefix);
+  auto grid = pos.slice(1, num_prefix).to(torch::kFloat).reshape({1, hw, hw, D}).permute({0, 3, 1, 2});
+  grid = F::interpolate(grid, F::InterpolateFuncOptions()
+                                  .size(std::vector<int64_t>{new_h, new_w})
+                                  .mode(torch::kBicubic)
+                                  .align_corners(false)
+                                  .antialias(antialias));
+  grid = grid.permute({0, 2, 3, 1}).reshape({1, new_h * new_w, D}).to(pos.scalar_type());
+  return torch::cat({prefix, grid}, 1).contiguous();
+}
+
+void fit_to_config(Conversion& c, ViTConfig& cfg, const std::string& origin) {
+  auto find = [&](const std::string& name) -> torch::Tensor* {
+    for (auto& [k, v] : c.tensors)
+      if (k == name) return &v;
+    return nullptr;
+  };
+  if (auto* pos = find("pos_embed")) {
+    const int64_t prefix = cfg.num_prefix_tokens();
+    if (pos->dim() == 3 && pos->size(0) == 1 && pos->size(2) == cfg.embed_dim && pos->size(1) != cfg.num_tokens()) {
+      const int64_t n = pos->size(1) - prefix;
+      const auto g = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(std::max<int64_t>(n, 0)))));
+      if (n > 0 && g * g == n) {
+        *pos = resample_pos_embed(*pos, cfg.grid_size(), cfg.grid_size(), prefix);
+        c.notes.push_back("resampled pos_embed from a " + std::to_string(g) + "x" + std::to_string(g) + " to a " +
+                          std::to_string(cfg.grid_size()) + "x" + std::to_string(cfg.grid_size()) +
+                          " grid (bicubic, as timm)");
+      }
+    }
+  }
+  auto* hw = find("head.weight");
+  const bool hb = find("head.bias") != nullptr;
+  if (hw) {
+    if (hw->dim() == 2 && hw->size(1) == cfg.embed_dim && (hw->size(0) != cfg.num_classes || hb != cfg.head_bias)) {
+      c.notes.push_back("the classifier follows the file: " + std::to_string(hw->size(0)) + " outputs" +
+                        (hb ? "" : ", no bias") + " (the architecture says " + std::to_string(cfg.num_classes) + ")");
+      cfg.num_classes = hw->size(0);
+      cfg.head_bias = hb;
+    }
+  } else if (cfg.num_classes > 0 && !hb) {
+    c.notes.push_back("the file has no classifier: features only");
+    cfg.num_classes = 0;
+  }
+  (void)origin;
+}
+
+// ---------------------------------------------------------------------------------------------
+std::string timm_hub_config(const ViTConfig& c) {
+  c.validate();
+  const bool clip_norm = near(c.ln_eps, 1e-5), vit_norm = near(c.ln_eps, 1e-6);
+  if (!clip_norm && !vit_norm) {
+    std::ostringstream e;
+    e << "model '" << c.name << "' has LayerNorm eps " << c.ln_eps
+      << "; timm's VisionTransformer has 1e-6 (1e-5 in its CLIP variants) and no option for others";
+    throw Error(e.str());
+  }
+  if (c.patch_bias == c.norm_pre)
+    throw Error("model '" + c.name + "' has " + (c.patch_bias ? "a" : "no") + " patch-embedding bias with" +
+                (c.norm_pre ? "" : "out") + " norm_pre; timm's VisionTransformer ties them (bias = not pre_norm)");
+  static const std::set<std::string> timm_vit = {"vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224",
+                                                 "vit_large_patch16_224", "deit_base_patch16_224"};
+  static const std::set<std::string> timm_clip = {"vit_base_patch16_clip_224", "vit_large_patch14_clip_224"};
+  std::string arch = base_of(c.name), tag = tail_of(c.name);
+  if (!(clip_norm ? timm_clip : timm_vit).count(arch)) {
+    // Every architectural detail is in model_args; the base only brings the LayerNorm eps.
+    arch = clip_norm ? "vit_base_patch16_clip_224" : "vit_base_patch16_224";
+    tag = "hybrid_distill";
+  }
+  using oj = nlohmann::ordered_json;
+  oj args = {{"img_size", c.img_size},
+             {"patch_size", c.patch_size},
+             {"in_chans", c.in_chans},
+             {"embed_dim", c.embed_dim},
+             {"depth", c.depth},
+             {"num_heads", c.num_heads},
+             {"mlp_ratio", c.mlp_ratio},
+             {"qkv_bias", c.qkv_bias},
+             {"class_token", c.class_token},
+             {"global_pool", c.pool == Pooling::Token ? "token" : "avg"},
+             {"fc_norm", c.fc_norm},
+             {"pre_norm", c.norm_pre},
+             {"act_layer", c.act == Activation::GELU ? "gelu" : "quick_gelu"}};
+  oj pretrained = {{"tag", tag},
+                   {"custom_load", false},
+                   {"input_size", {c.in_chans, c.img_size, c.img_size}},
+                   {"fixed_input_size", true},
+                   // This project's evaluation transform: bilinear resize of the shorter side to
+                   // size / 0.875, then a center crop.
+                   {"interpolation", "bilinear"},
+                   {"crop_pct", 0.875},
+                   {"crop_mode", "center"},
+                   {"mean", c.mean},
+                   {"std", c.std},
+                   {"num_classes", c.num_classes},
+                   {"pool_size", nullptr},
+                   {"first_conv", "patch_embed.proj"},
+                   {"classifier", "head"}};
+  oj j = {{"architecture", arch},
+          {"num_classes", c.num_classes},
+          {"num_features", c.embed_dim},
+          {"global_pool", c.pool == Pooling::Token ? "token" : "avg"},
+          {"model_args", args},
+          {"pretrained_cfg", pretrained}};
+  return j.dump(2) + "\n";
+}
+
+ViTConfig config_from_timm_hub(const std::string& text, const std::string& origin) {
+  using nlohmann::json;
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const std::exception& e) {
+    throw Error(origin + ": not valid JSON: " + e.what());
+  }
+  if (!j.is_object() || !j.contains("architecture") || !j["architecture"].is_string())
+    throw Error(origin + ": not a timm config (no \"architecture\")");
+  const std::string arch = j["architecture"].get<std::string>();
+  const json pre = j.value("pretrained_cfg", json::object());
+  const json args = j.value("model_args", json::object());
+  const std::string tag = pre.is_object() ? pre.value("tag", std::string()) : "";
+  ViTConfig c;
+  const auto names = preset_names();
+  auto known = [&](const std::string& n) { return std::find(names.begin(), names.end(), n) != names.end(); };
+  if (!tag.empty() && known(arch + "." + tag)) c = preset(arch + "." + tag);
+  else if (known(arch)) c = preset(arch);
+  else if (arch.find("_clip_") != std::string::npos) c = preset("vit_base_patch16_clip_224.openai");
+  c.name = tag.empty() ? arch : arch + "." + tag;
+  try {
+    bool fc_norm_given = false;
+    for (auto it = args.begin(); it != args.end(); ++it) {
+      const std::string& k = it.key();
+      const json& v = it.value();
+      if (k == "img_size") {
+        if (v.is_array()) {
+          if (v.size() != 2 || v[0] != v[1]) throw Error("model_args.img_size must be square");
+          c.img_size = v[0].get<int64_t>();
+        } else {
+          c.img_size = v.get<int64_t>();
+        }
+      } else if (k == "patch_size") c.patch_size = v.get<int64_t>();
+      else if (k == "in_chans") c.in_chans = v.get<int64_t>();
+      else if (k == "embed_dim") c.embed_dim = v.get<int64_t>();
+      else if (k == "depth") c.depth = v.get<int64_t>();
+      else if (k == "num_heads") c.num_heads = v.get<int64_t>();
+      else if (k == "mlp_ratio") c.mlp_ratio = v.get<double>();
+      else if (k == "qkv_bias") c.qkv_bias = v.get<bool>();
+      else if (k == "class_token") c.class_token = v.get<bool>();
+      else if (k == "pre_norm") {
+        c.norm_pre = v.get<bool>();
+        c.patch_bias = !c.norm_pre;
+      } else if (k == "fc_norm") {
+        if (!v.is_null()) {
+          c.fc_norm = v.get<bool>();
+          fc_norm_given = true;
+        }
+      } else if (k == "global_pool") {
+        auto s = v.get<std::string>();
+        if (s == "token") c.pool = Pooling::Token;
+        else if (s == "avg") c.pool = Pooling::Mean;
+        else throw Error("model_args.global_pool '" + s + "' is not supported (token, avg)");
+      } else if (k == "act_layer") {
+        auto s = v.get<std::string>();
+        if (s == "gelu") c.act = Activation::GELU;
+        else if (s == "quick_gelu") c.act = Activation::QuickGELU;
+        else throw Error("model_args.act_layer '" + s + "' is not supported (gelu, quick_gelu)");
+      } else if (k == "drop_rate" || k == "pos_drop_rate" || k == "proj_drop_rate" || k == "attn_drop_rate" ||
+                 k == "drop_path_rate" || k == "weight_init" || k == "num_classes") {
+        // training-time options (and num_classes, read from the top level)
+      } else if ((k == "no_embed_class" || k == "dynamic_img_size") && v.is_boolean() && !v.get<bool>()) {
+      } else {
+        throw Error("model_args." + k + " is not supported by this ViT");
+      }
+    }
+    // timm: fc_norm=None means "norm after pooling when pooling by average".
+    if (!fc_norm_given && args.contains("global_pool")) c.fc_norm = c.pool == Pooling::Mean;
+    if (j.contains("num_classes")) c.num_classes = j["num_classes"].get<int64_t>();
+    else if (pre.contains("num_classes")) c.num_classes = pre["num_classes"].get<int64_t>();
+    if (pre.contains("mean")) c.mean = pre["mean"].get<std::vector<double>>();
+    if (pre.contains("std")) c.std = pre["std"].get<std::vector<double>>();
+    if (pre.contains("input_size")) {
+      auto s = pre["input_size"].get<std::vector<int64_t>>();
+      if (s.size() != 3) throw Error("pretrained_cfg.input_size must be [C, H, W]");
+      if (!args.contains("in_chans")) c.in_chans = s[0];
+      if (!args.contains("img_size")) c.img_size = s[1];
+    }
+  } catch (const Error& e) {
+    throw Error(origin + ": " + e.what());
+  } catch (const std::exception& e) {
+    throw Error(origin + ": a timm config value has the wrong type: " + e.what());
+  }
+  try {
+    c.validate();
+  } catch (const Error& e) {
+    throw Error(origin + ": " + e.what());
+  }
+  return c;
+}
+
+std::vector<std::string> export_timm(VisionTransformer& model, const std::string& dir) {
+  ViTConfig cfg = model->config();
+  cfg.head_bias = true;  // timm's head always has a bias; a model without one gets zeros
+  const std::string config = timm_hub_config(cfg);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw Error(dir + ": cannot create the folder: " + ec.message());
+  NamedTensors tensors;
+  for (auto& [name, t] : state_dict(*model)) {
+    tensors.emplace_back(name, t.detach().to(torch::kCPU, torch::kFloat).contiguous());
+    if (name == "head.weight" && !model->head->bias.defined())
+      tensors.emplace_back("head.bias", torch::zeros({t.size(0)}, torch::kFloat));
+  }
+  const std::string weights = (fs::path(dir) / "model.safetensors").string();
+  const std::string json_path = (fs::path(dir) / "config.json").string();
+  io::save_safetensors(weights, tensors, {{"format", "pt"}, {kConfigMetaKey, cfg.to_json()}});
+  atomic_write_file(json_path, [&](std::FILE* f) {
+    if (std::fwrite(config.data(), 1, config.size(), f) != config.size()) throw Error(json_path + ": write error");
+  });
+  return {weights, json_path};
+}
+
+}  // namespace hd::model
