@@ -1,4 +1,4 @@
-// Subcommands about model files: presets, inspect, init.
+// Subcommands about model files: presets, inspect, init, export.
 #include <cstdio>
 #include <iostream>
 #include <sstream>
@@ -10,6 +10,7 @@
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
+#include "model/interop.h"
 #include "model/vit.h"
 #include "util/common.h"
 
@@ -106,6 +107,29 @@ void add_init(CLI::App& app) {
     model::VisionTransformer m(cfg);
     model::save_model(o->out, m, {{"hybrid_distill.seed", std::to_string(o->seed)}}, io::parse_dtype(o->dtype));
     std::printf("wrote %s (%s, %s parameters)\n", o->out.c_str(), cfg.name.c_str(), with_commas(m->num_params()).c_str());
+  });
+}
+
+void add_export(CLI::App& app) {
+  auto* sub = app.add_subcommand(
+      "export", "Write a model in timm's Hugging Face hub layout: DIR/model.safetensors + DIR/config.json");
+  struct Opts {
+    std::string checkpoint, arch, out;
+  };
+  auto o = std::make_shared<Opts>();
+  sub->add_option("-c,--checkpoint", o->checkpoint,
+                  "model file: this project's, or a published one (safetensors or .pth; timm, OpenAI CLIP or "
+                  "torchvision names)")
+      ->required();
+  sub->add_option("-a,--arch", o->arch, "architecture preset, for files that do not describe themselves");
+  sub->add_option("-o,--out", o->out, "output folder")->required();
+  sub->callback([o] {
+    model::LoadReport report;
+    auto m = model::load_model(o->checkpoint, o->arch, /*strict=*/true, &report);
+    for (const auto& n : report.notes) std::printf("%s: %s\n", o->checkpoint.c_str(), n.c_str());
+    auto paths = model::export_timm(m, o->out);
+    std::printf("wrote %s and %s (%s, %s parameters)\n", paths[0].c_str(), paths[1].c_str(),
+                m->config().name.c_str(), with_commas(m->num_params()).c_str());
   });
 }
 

@@ -18,6 +18,7 @@ namespace hd::cli {
 void add_presets(CLI::App& app);
 void add_inspect(CLI::App& app);
 void add_init(CLI::App& app);
+void add_export(CLI::App& app);
 void add_features(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_data(CLI::App& app);

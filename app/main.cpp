@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   hd::cli::add_presets(app);
   hd::cli::add_inspect(app);
   hd::cli::add_init(app);
+  hd::cli::add_export(app);
   hd::cli::add_features(app);
   hd::cli::add_data(app);
   hd::cli::add_distill(app);
