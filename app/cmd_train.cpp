@@ -8,8 +8,8 @@
 
 #include "app/commands.h"
 #include "data/dataset.h"
-#include "io/safetensors.h"
 #include "model/checkpoint.h"
+#include "model/interop.h"
 #include "train/classify.h"
 #include "util/common.h"
 
@@ -35,17 +35,24 @@ void run_classifier(const ClassifierOpts& o, bool finetune) {
   torch::manual_seed(static_cast<uint64_t>(o.t.seed));
   model::VisionTransformer m(cfg);
   if (finetune) {
-    // Every weight but the classifier, which is new (zero) for the data set's classes.
-    auto file = io::SafeTensorsFile::open(o.checkpoint);
+    // Every weight but the classifier, which is new (zero) for the data set's classes. Any file
+    // the published-checkpoint reader accepts (timm / OpenAI CLIP / torchvision names, .pth,
+    // wrapper dicts, another grid's positional embedding).
+    auto conv = model::to_timm_layout(model::read_checkpoint_file(o.checkpoint).tensors, o.checkpoint);
+    auto fit_cfg = cfg;
+    model::fit_to_config(conv, fit_cfg, o.checkpoint);
     model::NamedTensors tensors;
-    for (auto& [k, v] : file.load_all())
+    for (auto& [k, v] : conv.tensors)
       if (k.rfind("head.", 0) != 0) tensors.emplace_back(k, v);
     auto rep = model::load_state(*m, tensors, /*strict=*/false, o.checkpoint);
     for (const auto& k : rep.missing)
       if (k.rfind("head.", 0) != 0) throw Error(o.checkpoint + ": tensor '" + k + "' is missing");
-    if (!rep.unexpected.empty() && !o.t.quiet)
-      std::printf("ignoring %zu tensor(s) of %s the model has no place for (first: %s)\n", rep.unexpected.size(),
-                  o.checkpoint.c_str(), rep.unexpected.front().c_str());
+    if (!o.t.quiet) {
+      for (const auto& n : conv.notes) std::printf("%s: %s\n", o.checkpoint.c_str(), n.c_str());
+      if (!rep.unexpected.empty())
+        std::printf("ignoring %zu tensor(s) of %s the model has no place for (first: %s)\n", rep.unexpected.size(),
+                    o.checkpoint.c_str(), rep.unexpected.front().c_str());
+    }
   }
   train::ClassifyTask task(m, o.smoothing, finetune ? o.layer_decay : 1.0);
   auto lc = model_loader(cfg, true, o.t.batch, o.t.workers, static_cast<uint64_t>(o.t.seed));
