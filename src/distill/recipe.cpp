@@ -1,7 +1,9 @@
 #include "distill/recipe.h"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <set>
 #include <sstream>
 
@@ -50,8 +52,11 @@ class Reader {
   void only_keys(const YAML::Node& n, const std::string& path, const std::set<std::string>& allowed) const {
     if (!n) return;
     if (!n.IsMap()) fail(path, "must be a mapping");
+    std::set<std::string> seen;
     for (const auto& kv : n) {
-      auto k = kv.first.as<std::string>();
+      auto k = key_name(kv.first, path);
+      // YAML parsers disagree on which of two equal keys wins: refuse the contradiction.
+      if (!seen.insert(k).second) fail(path.empty() ? k : path + "." + k, "is given twice");
       if (!allowed.count(k)) {
         std::string list;
         for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
@@ -68,6 +73,12 @@ class Reader {
     } catch (const YAML::Exception&) {
       fail(path.empty() ? key : path + "." + key, "has the wrong type");
     }
+  }
+
+  // A mapping key as text; complex keys (lists, mappings) are refused.
+  std::string key_name(const YAML::Node& key, const std::string& path) const {
+    if (!key.IsScalar()) fail(path, "keys must be plain names");
+    return key.Scalar();
   }
 
   const std::string& origin() const { return origin_; }
@@ -87,16 +98,26 @@ E parse_enum(const Reader& r, const std::string& key, const std::string& value,
   r.fail(key, "'" + value + "' is not one of: " + list);
 }
 
+// NaN compares false with everything: every range check goes through this.
+void check_range(const Reader& r, const std::string& key, double v, double lo, double hi, bool lo_open, bool hi_open,
+                 const std::string& what) {
+  const bool ok = std::isfinite(v) && (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
+  if (!ok) r.fail(key, "must be " + what + " (got " + std::to_string(v) + ")");
+}
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
 // Plain YAML (maps, lists, scalars) to JSON; scalars become numbers/bools where they parse.
-nlohmann::json yaml_to_json(const YAML::Node& n) {
+// Nesting is limited: a config is two levels deep, and a YAML alias can refer to itself.
+nlohmann::json yaml_to_json(const Reader& r, const YAML::Node& n, const std::string& path, int depth = 0) {
+  if (depth > 16) r.fail(path, "is nested too deeply");
   if (n.IsMap()) {
     nlohmann::json j = nlohmann::json::object();
-    for (const auto& kv : n) j[kv.first.as<std::string>()] = yaml_to_json(kv.second);
+    for (const auto& kv : n) j[r.key_name(kv.first, path)] = yaml_to_json(r, kv.second, path, depth + 1);
     return j;
   }
   if (n.IsSequence()) {
     nlohmann::json j = nlohmann::json::array();
-    for (const auto& v : n) j.push_back(yaml_to_json(v));
+    for (const auto& v : n) j.push_back(yaml_to_json(r, v, path, depth + 1));
     return j;
   }
   if (n.IsNull()) return nullptr;
@@ -195,7 +216,12 @@ Recipe parse_recipe(const std::string& text, const std::string& origin, const st
     }
   } else if (st["config"]) {
     // The model's own strict reader validates the block (unknown keys, types, consistency).
-    rc.student = model::ViTConfig::from_json(yaml_to_json(st["config"]).dump(), origin + " (student.config)");
+    try {
+      rc.student = model::ViTConfig::from_json(yaml_to_json(r, st["config"], "student.config").dump(),
+                                               origin + " (student.config)");
+    } catch (const nlohmann::json::exception& e) {  // text that is not UTF-8, a value of the wrong type
+      r.fail("student.config", std::string("is not a valid model config (") + e.what() + ")");
+    }
   } else {
     r.fail("student", "needs 'arch' (a preset) or 'config'");
   }
@@ -226,7 +252,8 @@ Recipe parse_recipe(const std::string& text, const std::string& origin, const st
     r.get(t, "checkpoint", path, spec.checkpoint);
     if (spec.checkpoint.empty()) r.fail(path + ".checkpoint", "is required");
     if (fs::path(spec.checkpoint).is_relative()) spec.checkpoint = (fs::path(base_dir) / spec.checkpoint).string();
-    if (!fs::exists(spec.checkpoint)) r.fail(path + ".checkpoint", "file not found: " + spec.checkpoint);
+    std::error_code ec;
+    if (!fs::exists(spec.checkpoint, ec)) r.fail(path + ".checkpoint", "file not found: " + spec.checkpoint);
     r.get(t, "arch", path, spec.arch);
     r.get(t, "mean", path, spec.mean);
     r.get(t, "std", path, spec.std);
@@ -245,6 +272,8 @@ Recipe parse_recipe(const std::string& text, const std::string& origin, const st
       r.fail(path + ".mean", "needs one value per input channel");
     if (!spec.std.empty() && static_cast<int64_t>(spec.std.size()) != tc.in_chans)
       r.fail(path + ".std", "needs one value per input channel");
+    for (double m : spec.mean) check_range(r, path + ".mean", m, -kInf, kInf, true, true, "finite");
+    for (double v : spec.std) check_range(r, path + ".std", v, 0, kInf, true, true, "positive");
     auto targets = t["targets"];
     if (!targets || !targets.IsSequence() || targets.size() == 0) r.fail(path + ".targets", "needs at least one target");
     for (size_t k = 0; k < targets.size(); ++k) {
@@ -273,11 +302,13 @@ Recipe parse_recipe(const std::string& text, const std::string& origin, const st
                                             {{"none", DecoderKind::None}, {"linear", DecoderKind::Linear},
                                              {"attention", DecoderKind::Attention}});
       r.get(tg, "decoder_depth", tp, ts_.decoder_depth);
-      if (ts_.decoder == DecoderKind::Attention && ts_.decoder_depth < 1)
-        r.fail(tp + ".decoder_depth", "must be >= 1");
+      if (ts_.decoder == DecoderKind::Attention && (ts_.decoder_depth < 1 || ts_.decoder_depth > 64))
+        r.fail(tp + ".decoder_depth", "must be in [1, 64]");
+      if (tg["decoder_depth"] && ts_.decoder != DecoderKind::Attention)
+        r.fail(tp + ".decoder_depth", "only an attention decoder has a depth (decoder: attention)");
       if (ts_.decoder != DecoderKind::None && ts_.kind == TargetKind::Relation)
         r.fail(tp + ".decoder", "decoders apply to token targets (features, block, msa), not relations");
-      if (ts_.weight < 0) r.fail(tp + ".weight", "must be >= 0");
+      check_range(r, tp + ".weight", ts_.weight, 0, kInf, false, true, ">= 0");
       if (ts_.kind == TargetKind::Features) {
         if (!ts_.layers.empty() || !ts_.student_layers.empty())
           r.fail(tp, "'features' is the teacher's final output; it takes no layers");
@@ -321,7 +352,12 @@ Recipe parse_recipe(const std::string& text, const std::string& origin, const st
   r.get(mk, "source", "masking", source);
   rc.mask.source = parse_enum<MaskSource>(r, "masking.source", source,
                                           {{"input", MaskSource::BlockInput}, {"output", MaskSource::BlockOutput}});
-  if (rc.mask.drop_ratio < 0 || rc.mask.drop_ratio >= 1) r.fail("masking.drop_ratio", "must be in [0, 1)");
+  check_range(r, "masking.drop_ratio", rc.mask.drop_ratio, 0, 1, false, true, "in [0, 1)");
+  const bool driven = rc.mask.strategy == MaskStrategy::Progressive || rc.mask.strategy == MaskStrategy::Direct;
+  for (const char* key : {"teacher", "source"})
+    if (!driven && mk && mk[key])
+      r.fail(std::string("masking.") + key, "only progressive and direct masking are driven by a teacher's layers (strategy is '" +
+                                               strategy + "')");
   if (rc.mask.strategy == MaskStrategy::MaskTokens && rc.mask.drop_ratio <= 0)
     r.fail("masking.drop_ratio", "mask_tokens needs a mask ratio > 0 (the share of positions to reconstruct)");
   if (rc.mask.strategy == MaskStrategy::Progressive || rc.mask.strategy == MaskStrategy::Direct) {
@@ -349,7 +385,7 @@ Recipe parse_recipe(const std::string& text, const std::string& origin, const st
   r.get(ls, "type", "loss", ltype);
   if (ltype != "smooth_l1") r.fail("loss.type", "only smooth_l1 is implemented");
   r.get(ls, "beta", "loss", rc.smooth_l1_beta);
-  if (rc.smooth_l1_beta < 0) r.fail("loss.beta", "must be >= 0");
+  check_range(r, "loss.beta", rc.smooth_l1_beta, 0, kInf, false, true, ">= 0");
 
   // --- optim
   auto op = root["optim"];
@@ -368,8 +404,15 @@ Recipe parse_recipe(const std::string& text, const std::string& origin, const st
   r.get(op, "eps", "optim", rc.optim.eps);
   r.get(op, "warmup_epochs", "optim", rc.optim.warmup_epochs);
   r.get(op, "clip_grad", "optim", rc.optim.clip_grad);
-  if (rc.optim.lr <= 0) r.fail("optim.lr", "must be positive");
+  check_range(r, "optim.lr", rc.optim.lr, 0, kInf, true, true, "positive");
   if (rc.optim.base_batch <= 0) r.fail("optim.base_batch", "must be positive");
+  check_range(r, "optim.min_lr", rc.optim.min_lr, 0, rc.optim.lr, false, false, "in [0, lr]");
+  check_range(r, "optim.weight_decay", rc.optim.weight_decay, 0, kInf, false, true, ">= 0");
+  check_range(r, "optim.betas", rc.optim.beta1, 0, 1, false, true, "in [0, 1)");
+  check_range(r, "optim.betas", rc.optim.beta2, 0, 1, false, true, "in [0, 1)");
+  check_range(r, "optim.eps", rc.optim.eps, 0, kInf, true, true, "positive");
+  check_range(r, "optim.warmup_epochs", rc.optim.warmup_epochs, 0, kInf, false, true, ">= 0");
+  check_range(r, "optim.clip_grad", rc.optim.clip_grad, 0, kInf, false, true, ">= 0 (0: off)");
 
   // --- data
   auto dt = root["data"];
@@ -380,13 +423,16 @@ Recipe parse_recipe(const std::string& text, const std::string& origin, const st
   std::vector<double> scale;
   r.get(dt, "scale", "data", scale);
   if (!scale.empty()) {
-    if (scale.size() != 2 || scale[0] <= 0 || scale[0] > scale[1] || scale[1] > 1)
+    if (scale.size() != 2 || !(scale[0] > 0) || !(scale[0] <= scale[1]) || !(scale[1] <= 1))
       r.fail("data.scale", "needs [min, max] with 0 < min <= max <= 1");
     rc.data.scale_min = scale[0];
     rc.data.scale_max = scale[1];
   }
   r.get(dt, "hflip", "data", rc.data.hflip);
   r.get(dt, "workers", "data", rc.data.workers);
+  if (rc.data.dataset.empty()) r.fail("data.dataset", "must not be empty");
+  check_range(r, "data.hflip", rc.data.hflip, 0, 1, false, false, "a probability in [0, 1]");
+  if (rc.data.workers < 0 || rc.data.workers > 256) r.fail("data.workers", "must be in [0, 256]");
 
   // --- train
   auto tr = root["train"];
@@ -400,6 +446,8 @@ Recipe parse_recipe(const std::string& text, const std::string& origin, const st
   if (rc.epochs <= 0) r.fail("train.epochs", "must be positive");
   if (rc.batch <= 0) r.fail("train.batch", "must be positive");
   if (rc.max_steps < 0) r.fail("train.max_steps", "must be >= 0");
+  if (rc.log_every < 0) r.fail("train.log_every", "must be >= 0");
+  if (rc.checkpoint_every < 0) r.fail("train.checkpoint_every", "must be >= 0 (0: at epoch ends only)");
   return rc;
 }
 
