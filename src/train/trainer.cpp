@@ -339,7 +339,8 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg) 
   if (!cfg.quiet) {
     double sum = t_data + t_fwd + t_bwd + t_opt;
     if (tty) std::printf("\n");
-    std::printf("time per phase: data %.1f%%  forward+loss %.1f%%  backward %.1f%%  optimiser %.1f%%  (%.1f s)\n",
+    if (sum > 0)  // no step ran (a resumed run that was already complete): no shares to show
+      std::printf("time per phase: data %.1f%%  forward+loss %.1f%%  backward %.1f%%  optimiser %.1f%%  (%.1f s)\n",
                 100 * t_data / sum, 100 * t_fwd / sum, 100 * t_bwd / sum, 100 * t_opt / sum, result.seconds);
   }
   if (!result.interrupted && pos.step >= total) task.save_final(cfg.run_dir);
