@@ -11,45 +11,16 @@
 
 #include <nlohmann/json.hpp>
 
+#include "app/cli_util.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 
 namespace fs = std::filesystem;
 using namespace hd;
+using namespace hd::testing;
 
 namespace {
-
-struct Result {
-  int code;
-  std::string out;
-};
-
-Result run(const std::string& args) {
-  std::string cmd = std::string(HD_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  while (size_t n = std::fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), out};
-}
-
-std::string scratch(const std::string& name) {
-  auto d = fs::temp_directory_path() / "hd_test_export" / name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d.string();
-}
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream s;
-  s << f.rdbuf();
-  return nlohmann::json::parse(s.str());
-}
-
-bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
-
+std::string scratch(const std::string& name) { return hd::testing::scratch("export", name); }
 }  // namespace
 
 TEST(CliExport, WritesTimmHubLayout) {

@@ -12,36 +12,16 @@
 
 #include <nlohmann/json.hpp>
 
+#include "app/cli_util.h"
 #include "io/safetensors.h"
 
 namespace fs = std::filesystem;
 using namespace hd;
+using namespace hd::testing;
 
 namespace {
 
-struct Result {
-  int code;
-  std::string out;  // stdout and stderr together
-};
-
-// Runs `hybrid-distill ARGS` through the shell (so ARGS may go on with more shell commands).
-Result run(const std::string& args) {
-  FILE* p = popen((std::string(HD_BINARY) + " " + args + " 2>&1").c_str(), "r");
-  std::string out;
-  char buf[4096];
-  while (size_t n = std::fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), out};
-}
-
-std::string scratch(const std::string& name) {
-  auto d = fs::temp_directory_path() / "hd_test_robustness" / name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d.string();
-}
-
-bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
+std::string scratch(const std::string& name) { return hd::testing::scratch("robustness", name); }
 
 bool have_fashion() { return fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"); }
 
