@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include "model/checkpoint.h"
+#include "train/evaluate.h"
 
 namespace hd::train {
 
@@ -43,23 +44,12 @@ void ClassifyTask::save_final(const std::string& run_dir) {
 
 double evaluate_top1(model::VisionTransformer& model, data::DataLoader& loader, const c10::Device& device,
                      int64_t limit) {
-  torch::NoGradGuard ng;
-  bool was_training = model->is_training();
-  model->eval();
   int64_t correct = 0, total = 0;
-  loader.start_epoch(0);
-  data::Batch b;
-  while ((limit <= 0 || total < limit) && loader.next(b)) {
-    auto images = b.images, labels = b.labels;
-    if (limit > 0 && total + images.size(0) > limit) {
-      images = images.slice(0, 0, limit - total);
-      labels = labels.slice(0, 0, limit - total);
-    }
+  eval_batches(model, loader, limit, [&](const torch::Tensor& images, const torch::Tensor& labels) {
     auto pred = model->forward(images.to(device)).argmax(-1).cpu();
     correct += (pred == labels).sum().item<int64_t>();
     total += labels.size(0);
-  }
-  model->train(was_training);
+  });
   return total ? static_cast<double>(correct) / total : 0.0;
 }
 

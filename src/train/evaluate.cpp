@@ -18,31 +18,38 @@ Pool parse_pool(const std::string& s) {
 
 std::string to_string(Pool p) { return p == Pool::Cls ? "cls" : "mean"; }
 
+void eval_batches(model::VisionTransformer& model, data::DataLoader& loader, int64_t limit,
+                  const std::function<void(const torch::Tensor& images, const torch::Tensor& labels)>& fn) {
+  torch::NoGradGuard ng;
+  const bool was_training = model->is_training();
+  model->eval();
+  int64_t n = 0;
+  loader.start_epoch(0);
+  data::Batch b;
+  while ((limit <= 0 || n < limit) && loader.next(b)) {
+    auto images = b.images, labels = b.labels;
+    if (limit > 0 && n + images.size(0) > limit) {
+      images = images.slice(0, 0, limit - n);
+      labels = labels.slice(0, 0, limit - n);
+    }
+    fn(images, labels);
+    n += images.size(0);
+  }
+  model->train(was_training);
+}
+
 FeatureSet extract_features(model::VisionTransformer& model, data::DataLoader& loader, Pool pool,
                             const c10::Device& device, int64_t limit) {
   const auto& cfg = model->config();
   const int64_t prefix = cfg.num_prefix_tokens();
   if (pool == Pool::Cls && prefix == 0) throw Error("model '" + cfg.name + "' has no CLS token; use mean pooling");
-  torch::NoGradGuard ng;
-  const bool was_training = model->is_training();
-  model->eval();
   std::vector<torch::Tensor> feats, labels;
-  int64_t n = 0;
-  loader.start_epoch(0);
-  data::Batch b;
-  while ((limit <= 0 || n < limit) && loader.next(b)) {
-    auto images = b.images, y = b.labels;
-    if (limit > 0 && n + images.size(0) > limit) {
-      images = images.slice(0, 0, limit - n);
-      y = y.slice(0, 0, limit - n);
-    }
+  eval_batches(model, loader, limit, [&](const torch::Tensor& images, const torch::Tensor& y) {
     auto tokens = model->forward_features(images.to(device));
     auto f = pool == Pool::Cls ? tokens.select(1, 0) : tokens.slice(1, prefix).mean(1);
     feats.push_back(f.to(torch::kFloat).cpu());
     labels.push_back(y);
-    n += images.size(0);
-  }
-  model->train(was_training);
+  });
   if (feats.empty()) throw Error("data set '" + loader.dataset().name() + "' yielded no images to extract features from");
   return {torch::cat(feats), torch::cat(labels)};
 }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include <c10/core/Device.h>
@@ -20,6 +21,11 @@ struct FeatureSet {
   torch::Tensor features;  // float32 [N,D]
   torch::Tensor labels;    // int64 [N]
 };
+
+// Runs `fn(images, labels)` over `loader`'s epoch 0, at most `limit` images (0: all; the last
+// batch is cut to fit), with `model` in eval mode and no gradients; the mode is restored after.
+void eval_batches(model::VisionTransformer& model, data::DataLoader& loader, int64_t limit,
+                  const std::function<void(const torch::Tensor& images, const torch::Tensor& labels)>& fn);
 
 // Features after the final norm, pooled (CLS token or mean of the patch tokens), for the images
 // of `loader`'s epoch 0, at most `limit` of them (0: all). Eval mode, no gradients.
