@@ -21,10 +21,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
-distill::HybridDistiller build_distiller(const distill::Recipe& r, const c10::Device& device) {
+distill::HybridDistiller build_distiller(const distill::Recipe& r, const c10::Device& device,
+                                         train::Precision precision = train::Precision::FP32) {
   torch::manual_seed(r.seed);
   model::VisionTransformer student(r.student);
-  auto teachers = distill::load_teachers(r, device);
+  // bf16 runs: teachers infer in bf16 (their targets are compared in fp32).
+  auto teachers = distill::load_teachers(r, device, precision == train::Precision::BF16 ? torch::kBFloat16 : torch::kFloat);
   distill::HybridDistiller d(r, student, std::move(teachers));
   d->to(device);
   return d;
@@ -37,7 +39,7 @@ void add_distill(CLI::App& app) {
     std::string recipe, out;
     std::vector<std::string> set;
     bool resume = false, force = false, quiet = false;
-    int64_t max_steps = -1;
+    int64_t max_steps = -1, stop_after = 0;
     Runtime rt;
   };
   auto o = std::make_shared<Opts>();
@@ -49,48 +51,36 @@ void add_distill(CLI::App& app) {
   sub->add_flag("--force", o->force, "start over in a used run folder, or resume despite a changed recipe");
   sub->add_option("--max-steps", o->max_steps, "stop after this many steps (-1: the recipe's)");
   sub->add_flag("-q,--quiet", o->quiet, "no progress output");
-  add_runtime_options(sub, o->rt);
+  sub->add_option("--stop-after", o->stop_after, "save a checkpoint and stop after this step (continue with --resume)");
+  add_training_runtime_options(sub, o->rt);
   sub->callback([o] {
     auto device = apply_runtime(o->rt);
     auto r = distill::load_recipe(o->recipe, o->set);
     if (o->max_steps >= 0) r.max_steps = o->max_steps;
     std::string run_dir = o->out.empty() ? "runs/" + r.name : o->out;
-    auto d = build_distiller(r, device);
     auto ds = data::open_dataset(r.data.dataset, r.data.split);
-    data::DataLoader loader(ds, distill::loader_config(r));
+    auto lc = distill::loader_config(r);
 
-    train::TrainConfig tc;
-    tc.run_dir = run_dir;
-    tc.epochs = r.epochs;
-    tc.max_steps = r.max_steps;
-    tc.lr = r.optim.lr * static_cast<double>(r.batch) / static_cast<double>(r.optim.base_batch);
-    tc.min_lr = r.optim.min_lr;
-    tc.warmup_epochs = r.optim.warmup_epochs;
-    tc.adamw.beta1 = r.optim.beta1;
-    tc.adamw.beta2 = r.optim.beta2;
-    tc.adamw.eps = r.optim.eps;
-    tc.adamw.weight_decay = r.optim.weight_decay;
-    tc.clip_grad = r.optim.clip_grad;
-    tc.seed = r.seed;
-    tc.log_every = r.log_every;
-    tc.checkpoint_every = r.checkpoint_every;
+    auto tc = distill::train_config(r, run_dir);
     tc.resume = o->resume;
     tc.force = o->force;
-    // The effective recipe (defaults filled in, paths resolved): written to the run folder, and
-    // its hash guards --resume against a changed recipe.
-    tc.recipe_text = r.to_yaml();
     tc.device = device;
     tc.quiet = o->quiet;
-    if (!o->quiet) {
+    tc.stop_at = o->stop_after;
+    setup_training(o->rt, tc, lc);
+    auto d = build_distiller(r, device, tc.precision);
+    data::DataLoader loader(ds, lc);
+    if (!tc.quiet) {
       std::printf("distill '%s': student %s (%s params), %zu teacher(s), masking %s, %s: %zu images, batch %ld, lr %.3g, "
-                  "%d threads, device %s -> %s\n",
+                  "%d threads, device %s, %s, %ld process(es) -> %s\n",
                   r.name.c_str(), r.student.name.c_str(), with_commas(d->student->num_params()).c_str(),
                   r.teachers.size(), distill::to_string(r.mask.strategy).c_str(), ds->name().c_str(), ds->size(),
-                  (long)r.batch, tc.lr, torch::get_num_threads(), device.str().c_str(), run_dir.c_str());
+                  (long)r.batch, tc.lr, torch::get_num_threads(), device.str().c_str(),
+                  train::to_string(tc.precision).c_str(), (long)lc.world_size, run_dir.c_str());
     }
     distill::DistillTask task(d);
     auto res = train::train(task, loader, tc);
-    if (!o->quiet && !res.interrupted)
+    if (!tc.quiet && !res.interrupted)
       std::printf("done: %ld steps in %.1f s, loss %.4f -> %.4f; student: %s/student.safetensors\n", (long)res.steps,
                   res.seconds, res.first_loss, res.last_loss, run_dir.c_str());
   });

@@ -34,7 +34,7 @@ void add_pretrain(CLI::App& app) {
   sub->add_option("--decoder-heads", o->mae.decoder_heads, "decoder attention heads");
   sub->add_option("--norm-pix-loss", o->mae.norm_pix_loss, "normalise each target patch (mean 0, variance 1)");
   sub->add_option("--scale-min", o->scale_min, "RandomResizedCrop minimum area fraction");
-  add_runtime_options(sub, o->rt);
+  add_training_runtime_options(sub, o->rt);
   sub->callback([o] {
     auto device = apply_runtime(o->rt);
     auto cfg = model::preset(o->arch);
@@ -47,21 +47,22 @@ void add_pretrain(CLI::App& app) {
     auto ds = data::open_dataset(o->t.data, o->t.split);
     auto lc = model_loader(cfg, true, o->t.batch, o->t.workers, static_cast<uint64_t>(o->t.seed));
     lc.transform.scale_min = o->scale_min;
-    data::DataLoader loader(ds, lc);
     const auto& m = o->mae;
     std::string recipe = "command: pretrain-mae\nmodel: " + cfg.to_json() + "\nmask_ratio: " + std::to_string(m.mask_ratio) +
                          "\ndecoder: [" + std::to_string(m.decoder_dim) + ", " + std::to_string(m.decoder_depth) + ", " +
                          std::to_string(m.decoder_heads) + "]\nnorm_pix_loss: " + (m.norm_pix_loss ? "true" : "false") +
                          "\nscale_min: " + std::to_string(o->scale_min);
     auto tc = train_config(o->t, recipe, device);
-    if (!o->t.quiet)
+    const bool main_rank = setup_training(o->rt, tc, lc);
+    data::DataLoader loader(ds, lc);
+    if (!tc.quiet)
       std::printf("pretrain-mae %s (%s encoder params; decoder %ldx%ld), %ld of %ld patches visible, on %s: %zu images, "
                   "batch %ld, lr %.3g -> %s\n",
                   cfg.name.c_str(), with_commas(enc->num_params()).c_str(), (long)m.decoder_depth, (long)m.decoder_dim,
                   (long)mae->num_visible(), (long)cfg.num_patches(), ds->name().c_str(), ds->size(), (long)o->t.batch,
                   tc.lr, o->t.out.c_str());
     auto res = train::train(task, loader, tc);
-    if (res.interrupted) return;
+    if (!main_rank || res.interrupted) return;
     write_result(o->t.out, {{"task", "pretrain-mae"}, {"model", cfg.name}, {"data", o->t.data}, {"steps", res.steps},
                             {"seconds", res.seconds}, {"first_loss", res.first_loss}, {"final_loss", res.last_loss}});
     std::printf("pretrain-mae: %ld steps in %.1f s, reconstruction loss %.4f -> %.4f; encoder: %s/model.safetensors\n",

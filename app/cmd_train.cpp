@@ -57,20 +57,21 @@ void run_classifier(const ClassifierOpts& o, bool finetune) {
   train::ClassifyTask task(m, o.smoothing, finetune ? o.layer_decay : 1.0);
   auto lc = model_loader(cfg, true, o.t.batch, o.t.workers, static_cast<uint64_t>(o.t.seed));
   lc.transform.scale_min = o.scale_min;
-  data::DataLoader loader(ds, lc);
   std::string recipe = std::string("command: ") + (finetune ? "finetune" : "train") + "\nmodel: " + cfg.to_json() +
                        "\nlabel_smoothing: " + std::to_string(o.smoothing) + "\nscale_min: " +
                        std::to_string(o.scale_min);
   if (finetune)
     recipe += "\ncheckpoint: " + o.checkpoint + "\nlayer_decay: " + std::to_string(o.layer_decay);
   auto tc = train_config(o.t, recipe, device);
-  if (!o.t.quiet)
+  const bool main_rank = setup_training(o.rt, tc, lc);
+  data::DataLoader loader(ds, lc);
+  if (!tc.quiet)
     std::printf("%s %s (%s params)%s on %s: %zu images, %zu classes, batch %ld, lr %.3g -> %s\n",
                 finetune ? "finetune" : "train", cfg.name.c_str(), with_commas(m->num_params()).c_str(),
                 finetune ? (" from " + o.checkpoint).c_str() : "", ds->name().c_str(), ds->size(),
                 ds->class_names().size(), (long)o.t.batch, tc.lr, o.t.out.c_str());
   auto res = train::train(task, loader, tc);
-  if (res.interrupted || o.eval_split.empty()) return;
+  if (!main_rank || res.interrupted || o.eval_split.empty()) return;
   auto test = data::open_dataset(o.t.data, o.eval_split);
   auto el = model_loader(cfg, false, o.t.batch, o.t.workers, 0);
   el.shuffle = o.eval_limit > 0;  // a subset: a fixed random one
@@ -107,7 +108,7 @@ void add_classifier_command(CLI::App& app, bool finetune) {
   sub->add_option("--label-smoothing", o->smoothing, "label smoothing");
   sub->add_option("--drop-path", o->drop_path, "stochastic depth rate");
   sub->add_option("--scale-min", o->scale_min, "RandomResizedCrop minimum area fraction");
-  add_runtime_options(sub, o->rt);
+  add_training_runtime_options(sub, o->rt);
   sub->callback([o, finetune] { run_classifier(*o, finetune); });
 }
 

@@ -28,20 +28,33 @@ void add_pretrain(CLI::App& app);  // pretrain-mae
 void add_eval(CLI::App& app);      // knn + probe
 void add_analyze(CLI::App& app);
 void add_compare(CLI::App& app);
+void add_launch(CLI::App& app);    // N local processes of one data-parallel job
 
 // Options shared by several subcommands.
 struct Runtime {
   int threads = 0;             // 0: all hardware threads
   std::string device = "cpu";  // cpu | cuda | cuda:N
+  // Training commands only (add_training_runtime_options):
+  std::string precision = "auto";  // fp32 | bf16 | auto
+  double dist_timeout = 300;       // seconds a collective may wait for the other ranks
 };
 void add_runtime_options(CLI::App* sub, Runtime& rt);
+// add_runtime_options plus --precision and --dist-timeout.
+void add_training_runtime_options(CLI::App* sub, Runtime& rt);
 // Applies the thread count and resolves the device (hd::Error if CUDA is asked for but absent).
+// With WORLD_SIZE > 1 in the environment, cuda means cuda:LOCAL_RANK.
 c10::Device apply_runtime(const Runtime& rt);
+
+// Precision and data parallelism of a training run: resolves --precision into `tc`; when the
+// environment describes a multi-process job (RANK, WORLD_SIZE, ...), joins it (tc.comm) and
+// shards `lc` for this rank, lc.batch_size (the global batch) divided among the ranks. Pins
+// batches for CUDA. Returns whether this process is the one that prints and writes (rank 0).
+bool setup_training(const Runtime& rt, train::TrainConfig& tc, data::LoaderConfig& lc);
 
 // The training-loop options every training command shares (train, finetune, pretrain-mae).
 struct TrainOptions {
   std::string data = "fashion-mnist", split = "train", out;
-  int64_t epochs = 10, batch = 128, max_steps = 0, seed = 0, checkpoint_every = 0, log_every = 20;
+  int64_t epochs = 10, batch = 128, max_steps = 0, seed = 0, checkpoint_every = 0, log_every = 20, stop_after = 0;
   double lr = 1e-3, base_batch = 256, min_lr = 1e-5, weight_decay = 0.05, warmup = 1, clip = 0;
   int workers = 2;
   bool resume = false, force = false, quiet = false;

@@ -5,14 +5,40 @@
 #include <torch/torch.h>
 
 #include "app/commands.h"
+#include "dist/comm.h"
 #include "train/inputs.h"
 #include "util/common.h"
 
 namespace hd::cli {
 
 void add_runtime_options(CLI::App* sub, Runtime& rt) {
-  sub->add_option("-t,--threads", rt.threads, "CPU threads for LibTorch (0 = all cores)");
+  sub->add_option("-t,--threads", rt.threads, "CPU threads for LibTorch (0 = all cores, shared among LOCAL_WORLD_SIZE processes)");
   sub->add_option("--device", rt.device, "cpu, cuda or cuda:N");
+}
+
+void add_training_runtime_options(CLI::App* sub, Runtime& rt) {
+  add_runtime_options(sub, rt);
+  sub->add_option("--precision", rt.precision,
+                  "fp32, bf16 (autocast, fp32 master weights) or auto (bf16 on CUDA and on CPUs with native bf16)");
+  sub->add_option("--dist-timeout", rt.dist_timeout,
+                  "multi-process runs: seconds to wait for the other ranks before failing");
+}
+
+bool setup_training(const Runtime& rt, train::TrainConfig& tc, data::LoaderConfig& lc) {
+  tc.precision = train::parse_precision(rt.precision, tc.device);
+  lc.pin_memory = tc.device.is_cuda();
+  const auto env = dist::env_from_environment();
+  if (!env.distributed()) return true;
+  if (lc.batch_size % env.world_size != 0)
+    throw Error("batch " + std::to_string(lc.batch_size) + " (the global batch) is not divisible by WORLD_SIZE=" +
+                std::to_string(env.world_size));
+  if (!(rt.dist_timeout > 0)) throw Error("--dist-timeout must be positive");
+  tc.comm = dist::Comm::join(env, tc.device, std::chrono::milliseconds(static_cast<int64_t>(rt.dist_timeout * 1000)));
+  lc.batch_size /= env.world_size;
+  lc.rank = env.rank;
+  lc.world_size = env.world_size;
+  if (env.rank != 0) tc.quiet = true;
+  return env.rank == 0;
 }
 
 c10::Device apply_runtime(const Runtime& rt) {
@@ -25,6 +51,14 @@ c10::Device apply_runtime(const Runtime& rt) {
   }
   if (dev.is_cuda() && !torch::cuda::is_available())
     throw Error("--device " + rt.device + ": this build of LibTorch has no usable CUDA device");
+  const auto env = dist::env_from_environment();
+  if (dev.is_cuda() && !dev.has_index() && env.distributed()) {
+    // One GPU per local process.
+    if (env.local_rank >= static_cast<int64_t>(torch::cuda::device_count()))
+      throw Error("LOCAL_RANK=" + std::to_string(env.local_rank) + " but only " +
+                  std::to_string(torch::cuda::device_count()) + " CUDA device(s) are visible");
+    dev = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
+  }
   return dev;
 }
 
@@ -86,6 +120,7 @@ void add_train_options(CLI::App* sub, TrainOptions& o) {
   sub->add_flag("--resume", o.resume, "continue from the run folder's checkpoint");
   sub->add_flag("--force", o.force, "start over in a used run folder, or resume despite changed options");
   sub->add_flag("-q,--quiet", o.quiet, "no progress output");
+  sub->add_option("--stop-after", o.stop_after, "save a checkpoint and stop after this step (continue with --resume)");
 }
 
 train::TrainConfig train_config(const TrainOptions& o, const std::string& recipe, const c10::Device& device) {
@@ -105,6 +140,7 @@ train::TrainConfig train_config(const TrainOptions& o, const std::string& recipe
   tc.resume = o.resume;
   tc.force = o.force;
   tc.quiet = o.quiet;
+  tc.stop_at = o.stop_after;
   tc.device = device;
   std::ostringstream r;
   r << recipe << "\ndata: " << o.data << ":" << o.split << "\nepochs: " << o.epochs << "\nbatch: " << o.batch

@@ -1,5 +1,7 @@
 // hybrid-distill: command-line entry point.
+#include <cstdlib>
 #include <iostream>
+#include <string>
 
 #include <c10/util/Exception.h>
 
@@ -28,18 +30,23 @@ int main(int argc, char** argv) {
   hd::cli::add_analyze(app);
   hd::cli::add_compare(app);
   hd::cli::add_bench(app);
+  hd::cli::add_launch(app);
+  // In a multi-process job every message says which process wrote it.
+  std::string who = "hybrid-distill";
+  if (const char* ws = std::getenv("WORLD_SIZE"); ws && std::atoi(ws) > 1 && std::getenv("RANK"))
+    who += "[rank " + std::string(std::getenv("RANK")) + "]";
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const hd::Error& e) {
-    std::cerr << "hybrid-distill: error: " << e.what() << "\n";
+    std::cerr << who << ": error: " << e.what() << "\n";
     return 1;
   } catch (const c10::Error& e) {
-    std::cerr << "hybrid-distill: error: " << e.what_without_backtrace() << "\n";
+    std::cerr << who << ": error: " << e.what_without_backtrace() << "\n";
     return 1;
   } catch (const std::exception& e) {
-    std::cerr << "hybrid-distill: error: " << e.what() << "\n";
+    std::cerr << who << ": error: " << e.what() << "\n";
     return 1;
   }
   return 0;

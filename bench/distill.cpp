@@ -5,7 +5,10 @@
 //       LayerNorm-whitened features, progressive redundant token masking from the MIM teacher's
 //       block inputs at {0, L/3, 2L/3}, smooth L1 beta 2, backward, grad clip 3.0, AdamW) vs a
 //       single-teacher step (features target only, the same masking from that teacher);
-//   (c) the same four computations in Python PyTorch (bench/hybrid_step.py, /usr/bin/python3),
+//   (c) per-phase time of the hybrid step (teachers + mask, student forward + loss, backward,
+//       clip + AdamW), its model FLOPs and achieved GFLOP/s next to the measured fp32 and bf16
+//       GEMM peaks at the same thread count, and the process's peak memory;
+//   (d) the same four computations in Python PyTorch (bench/hybrid_step.py, /usr/bin/python3),
 //       on the same weights and images, with the same threads and batch; the first two losses
 //       of each step kind are printed from both sides as a check that they compute the same thing.
 //
@@ -14,9 +17,11 @@
 // runs per batch (data loading excluded).
 //
 // Usage: bench_distill [--arch A] [--student-arch A] [--teacher-arch A] [--batch N] [--threads T]
-//                      [--warmup W] [--iters N] [--rounds R] [--no-python]
+//                      [--warmup W] [--iters N] [--rounds R] [--precision fp32|bf16] [--no-python]
+//   bf16: teachers in bf16, the student under bf16 autocast (fp32 master weights), on both sides.
 //   default: student and both teachers vit_tiny_patch4_28, batch 64, all hardware threads.
 //   ViT-S/16 224: --arch vit_small_patch16_224 --batch 16 --warmup 1 --iters 3
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -41,6 +46,7 @@
 #include "model/checkpoint.h"
 #include "model/vit.h"
 #include "train/optim.h"
+#include "train/precision.h"
 #include "util/common.h"
 
 namespace fs = std::filesystem;
@@ -55,12 +61,13 @@ struct Opts {
   int warmup = 2, iters = 5, rounds = 2;
   bool python = true;
   double lr = 1e-3;
+  bool bf16 = false;
 };
 
 [[noreturn]] void usage(const char* msg) {
   std::fprintf(stderr,
                "%s\nusage: bench_distill [--arch A] [--student-arch A] [--teacher-arch A] [--batch N] "
-               "[--threads T] [--warmup W] [--iters N] [--rounds R] [--no-python]\n",
+               "[--threads T] [--warmup W] [--iters N] [--rounds R] [--precision fp32|bf16] [--no-python]\n",
                msg);
   std::exit(2);
 }
@@ -83,6 +90,11 @@ Opts parse(int argc, char** argv) {
     else if (a == "--rounds" || a == "-r") o.rounds = std::stoi(val());
     else if (a == "--lr") o.lr = std::stod(val());
     else if (a == "--no-python") o.python = false;
+    else if (a == "--precision") {
+      auto v = val();
+      if (v != "fp32" && v != "bf16") usage("--precision: fp32 or bf16");
+      o.bf16 = v == "bf16";
+    }
     else if (a == "-h" || a == "--help") usage("");
     else usage(("unknown option " + a).c_str());
   }
@@ -119,10 +131,16 @@ struct Stepper {
   std::vector<torch::Tensor> plist;
   double lr = 1e-3, clip = 3.0;
 
-  Stepper(const distill::Recipe& r, const std::string& student_ckpt, double lr_) : lr(lr_), clip(r.optim.clip_grad) {
+  bool bf16 = false;
+  // Seconds of the last step's phases: forward (teachers, mask, student, loss), backward, clip + AdamW.
+  double t_fwd = 0, t_bwd = 0, t_opt = 0;
+
+  Stepper(const distill::Recipe& r, const std::string& student_ckpt, double lr_, bool bf16_)
+      : lr(lr_), clip(r.optim.clip_grad), bf16(bf16_) {
     auto student = model::load_model(student_ckpt);
     student->train();
-    d = distill::HybridDistiller(r, student, distill::load_teachers(r, torch::kCPU));
+    d = distill::HybridDistiller(r, student,
+                                 distill::load_teachers(r, torch::kCPU, bf16 ? torch::kBFloat16 : torch::kFloat));
     d->train();
     std::vector<train::AdamW::Param> ps;
     for (auto& p : d->named_parameters()) {
@@ -139,13 +157,37 @@ struct Stepper {
     opt = std::make_unique<train::AdamW>(ps, ac);
   }
   double step(const torch::Tensor& images) {
-    auto out = d->forward(images);
+    Timer t;
+    distill::DistillOutput out;
+    {
+      train::AutocastScope autocast(torch::kCPU, bf16);
+      out = d->forward(images);
+    }
     double loss = out.loss.item<double>();
+    t_fwd = t.seconds();
+    t.reset();
     opt->zero_grad();
     out.loss.backward();
+    t_bwd = t.seconds();
+    t.reset();
     if (clip > 0) train::clip_grad_norm(plist, clip);
     opt->step(lr);
+    t_opt = t.seconds();
     return loss;
+  }
+  // The teachers' part of the forward (full image, the recipe's layers, mask), timed alone.
+  double teachers_seconds(const torch::Tensor& images) {
+    Timer t;
+    torch::NoGradGuard ng;
+    std::vector<torch::Tensor> inputs;
+    std::vector<model::Taps> taps;
+    for (size_t ti = 0; ti < d->teachers().size(); ++ti) {
+      auto& m = d->teachers()[ti].model;
+      inputs.push_back(images.to(m->parameters().front().scalar_type()));
+      taps.push_back(m->forward_taps(inputs.back(), d->teacher_tap_spec(ti)));
+    }
+    d->compute_mask(inputs, taps, images.size(0), c10::nullopt);
+    return t.seconds();
   }
   // Trainable tensors with their distiller names (student.*, proj_*), for the Python side.
   std::vector<std::pair<std::string, torch::Tensor>> trainables() {
@@ -158,7 +200,8 @@ struct Stepper {
 
 nlohmann::json run_python(const std::string& script, const std::string& dir, const Opts& o, int threads) {
   std::string cmd = "/usr/bin/python3 '" + script + "' --dir '" + dir + "' --threads " + std::to_string(threads) +
-                    " --warmup " + std::to_string(o.warmup) + " --iters " + std::to_string(o.iters);
+                    " --warmup " + std::to_string(o.warmup) + " --iters " + std::to_string(o.iters) +
+                    (o.bf16 ? " --precision bf16" : "");
   std::unique_ptr<FILE, int (*)(FILE*)> p(popen(cmd.c_str(), "r"), pclose);
   if (!p) return nullptr;
   std::string out, last;
@@ -175,6 +218,31 @@ nlohmann::json run_python(const std::string& script, const std::string& dir, con
     std::fprintf(stderr, "python reference failed; its output:\n%s\n", out.c_str());
     return nullptr;
   }
+}
+
+// Achieved GFLOP/s of an n x n x n matrix product in `dtype` (the machine's GEMM peak as LibTorch
+// reaches it, at the current thread count).
+double gemm_gflops(torch::ScalarType dtype, int64_t n = 1024) {
+  auto a = torch::randn({n, n}).to(dtype), b = torch::randn({n, n}).to(dtype);
+  for (int i = 0; i < 2; ++i) torch::mm(a, b);
+  int reps = 0;
+  Timer t;
+  while (t.seconds() < 1.0 || reps < 3) {
+    torch::mm(a, b);
+    ++reps;
+  }
+  return 2.0 * static_cast<double>(n * n * n) * reps / t.seconds() / 1e9;
+}
+
+// Multiply-add FLOPs (x2) of a ViT forward over `tokens` tokens through `blocks` blocks, patch
+// embedding of `patches` patches included (matrix products and attention; elementwise work
+// ignored, as MFU conventions do).
+double vit_forward_flops(const model::ViTConfig& c, int64_t tokens, int64_t patches, int64_t blocks) {
+  const double D = static_cast<double>(c.embed_dim), N = static_cast<double>(tokens);
+  const double hidden = static_cast<double>(c.mlp_hidden());
+  const double per_block = 2 * N * (3 * D * D + D * D + 2 * D * hidden) + 2 * 2 * N * N * D;
+  const double embed = 2.0 * static_cast<double>(patches) * c.in_chans * c.patch_size * c.patch_size * D;
+  return embed + per_block * static_cast<double>(blocks);
 }
 
 }  // namespace
@@ -220,8 +288,8 @@ int main(int argc, char** argv) {
     int64_t kept = P;
     for (size_t i = 0; i < hybrid_recipe.mask.layers.size(); ++i) kept = distill::kept_after_step(kept, hybrid_recipe.mask.drop_ratio);
 
-    std::printf("bench_distill: LibTorch %s, %d threads, batch %ld, fp32, OMP_WAIT_POLICY=%s\n", TORCH_VERSION, threads,
-                (long)o.batch, std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "unset");
+    std::printf("bench_distill: LibTorch %s, %d threads, batch %ld, %s, OMP_WAIT_POLICY=%s\n", TORCH_VERSION, threads,
+                (long)o.batch, o.bf16 ? "bf16 (autocast student, bf16 teachers)" : "fp32", std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "unset");
     std::printf("student %s, teachers 2 x %s (random init), %ld patches -> %ld kept (%.1f%%, progressive 70%%^%zu), "
                 "relations at teacher blocks %ld,%ld\n",
                 o.student_arch.c_str(), o.teacher_arch.c_str(), (long)P, (long)kept, 100.0 * kept / P,
@@ -234,11 +302,16 @@ int main(int argc, char** argv) {
     auto keep = distill::random_keep(o.batch, P, kept, torch::kCPU);
     auto fb = [&](const torch::Tensor& k) {
       s->zero_grad(/*set_to_none=*/true);
-      s->forward_features(images, k).pow(2).mean().backward();
+      torch::Tensor l;
+      {
+        train::AutocastScope autocast(torch::kCPU, o.bf16);
+        l = s->forward_features(images, k).float().pow(2).mean();
+      }
+      l.backward();
     };
     // (b) Full steps. The first two losses (before / after one update) are the check against Python.
-    Stepper hybrid(hybrid_recipe, dir + "/student.safetensors", o.lr);
-    Stepper single(single_recipe, dir + "/student.safetensors", o.lr);
+    Stepper hybrid(hybrid_recipe, dir + "/student.safetensors", o.lr, o.bf16);
+    Stepper single(single_recipe, dir + "/student.safetensors", o.lr, o.bf16);
     io::save_safetensors(dir + "/hybrid_trainable.safetensors", hybrid.trainables());
     io::save_safetensors(dir + "/single_trainable.safetensors", single.trainables());
     const double hl0 = hybrid.step(images), hl1 = hybrid.step(images);
@@ -263,6 +336,7 @@ int main(int argc, char** argv) {
           {"betas", {hybrid_recipe.optim.beta1, hybrid_recipe.optim.beta2}},
           {"eps", hybrid_recipe.optim.eps},
           {"clip_grad", hybrid_recipe.optim.clip_grad},
+          {"precision", o.bf16 ? "bf16" : "fp32"},
       };
       std::FILE* f = std::fopen((dir + "/spec.json").c_str(), "w");
       if (!f) throw Error("cannot write " + dir + "/spec.json");
@@ -279,6 +353,7 @@ int main(int argc, char** argv) {
                                                       {"single", [&] { single.step(images); }},
                                                       {"hybrid", [&] { hybrid.step(images); }}};
     std::map<std::string, std::vector<double>> ct, pt;
+    std::vector<double> ph_fwd, ph_bwd, ph_opt, ph_teach;
     nlohmann::json py = nullptr;
     for (const auto& k : kinds)
       for (int i = 0; i < o.warmup; ++i) fns[k]();
@@ -288,6 +363,12 @@ int main(int argc, char** argv) {
           Timer tm;
           fns[k]();
           ct[k].push_back(tm.seconds());
+          if (k == "hybrid") {
+            ph_fwd.push_back(hybrid.t_fwd);
+            ph_bwd.push_back(hybrid.t_bwd);
+            ph_opt.push_back(hybrid.t_opt);
+            ph_teach.push_back(hybrid.teachers_seconds(images));
+          }
         }
       if (o.python) {
         auto r = run_python(script, dir, o, threads);
@@ -344,6 +425,32 @@ int main(int argc, char** argv) {
                 "hybrid/single = time(hybrid)/time(single);\n a step = teachers + mask + student + loss + backward + "
                 "grad clip 3.0 + AdamW, data loading excluded)\n",
                 o.rounds * o.iters, o.rounds, o.iters);
+    {
+      // (c) Where the hybrid step's time goes, and how close it gets to the GEMM peak.
+      const double fwd = median(ph_fwd), bwd = median(ph_bwd), opt = median(ph_opt), teach = median(ph_teach);
+      const double sum = fwd + bwd + opt;
+      const int64_t depth = scfg.depth;
+      const double student_f = 3 * vit_forward_flops(scfg, kept + 1, kept, depth);  // forward + 2x backward
+      const double mim_f = vit_forward_flops(tcfg, P + 1, P, tcfg.depth - 1);        // up to block L-2
+      const double sup_f = vit_forward_flops(tcfg, P + 1, P, tcfg.depth);
+      const double step_flops = static_cast<double>(o.batch) * (student_f + mim_f + sup_f);
+      const double achieved = step_flops / cm["hybrid"] / 1e9;
+      const double peak32 = gemm_gflops(torch::kFloat), peak16 = gemm_gflops(torch::kBFloat16);
+      std::printf("\nhybrid step phases (median): teachers+mask %.1f ms (timed alone), forward incl. teachers %.1f ms "
+                  "(%.0f%%), backward %.1f ms (%.0f%%), clip+AdamW %.1f ms (%.0f%%)\n",
+                  1e3 * teach, 1e3 * fwd, 100 * fwd / sum, 1e3 * bwd, 100 * bwd / sum, 1e3 * opt, 100 * opt / sum);
+      std::printf("hybrid step: %.2f GFLOP (model FLOPs: student fwd+bwd %.2f, MIM teacher %.2f, sup teacher %.2f) "
+                  "-> %.1f GFLOP/s achieved\n",
+                  step_flops / 1e9, o.batch * student_f / 1e9, o.batch * mim_f / 1e9, o.batch * sup_f / 1e9, achieved);
+      std::printf("GEMM peak (1024^3 torch::mm, %d threads): fp32 %.1f GFLOP/s, bf16 %.1f GFLOP/s -> step at %.0f%% of "
+                  "the %s peak%s\n",
+                  threads, peak32, peak16, 100 * achieved / (o.bf16 ? peak16 : peak32), o.bf16 ? "bf16" : "fp32",
+                  train::cpu_has_native_bf16() ? "" : " (this CPU has no native bf16: LibTorch emulates bf16 GEMMs)");
+      struct rusage ru {};
+      getrusage(RUSAGE_SELF, &ru);
+      std::printf("peak resident memory of this process: %.0f MiB (C++ side; the Python reference runs as a child)\n",
+                  ru.ru_maxrss / 1024.0);
+    }
     std::printf("\nloss check (step 0, step 1 after one AdamW update):\n");
     std::printf("  hybrid  C++ %.6f %.6f", hl0, hl1);
     if (py.is_object()) std::printf("   Python %.6f %.6f", py["hybrid_loss"][0].get<double>(), py["hybrid_loss"][1].get<double>());

@@ -184,8 +184,12 @@ class Step:
             self.proj = nn.Linear(sc["embed_dim"], tc["embed_dim"])
             self.proj.weight.data.copy_(tr["proj_sup_features_last.weight"])
             self.proj.bias.data.copy_(tr["proj_sup_features_last.bias"])
-        self.sup = load_vit(tc, load_safetensors(f"{d}/sup.safetensors")).eval().requires_grad_(False)
-        self.mim = load_vit(tc, load_safetensors(f"{d}/mim.safetensors")).eval().requires_grad_(False) if hybrid else None
+        self.bf16 = spec.get("precision") == "bf16"
+        tdt = torch.bfloat16 if self.bf16 else torch.float32  # bf16 runs: teachers infer in bf16
+        self.sup = load_vit(tc, load_safetensors(f"{d}/sup.safetensors")).eval().requires_grad_(False).to(tdt)
+        self.mim = (load_vit(tc, load_safetensors(f"{d}/mim.safetensors")).eval().requires_grad_(False).to(tdt)
+                    if hybrid else None)
+        self.tdt = tdt
         self.mask_layers = spec["mask_layers"] if hybrid else spec["single_mask_layers"]
         params = [("student." + n, p) for n, p in self.student.named_parameters()]
         if self.proj is not None:
@@ -210,8 +214,8 @@ class Step:
         rel_layers = s["relation_layers"]
         B = images.shape[0]
         P = (s["student"]["img_size"] // s["student"]["patch_size"]) ** 2
-        with torch.no_grad():
-            x = self.teacher_input(images)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            x = self.teacher_input(images).to(self.tdt)
             if self.hybrid:
                 _, mim_in, mim_rel = self.mim.forward_taps(x, block_inputs=self.mask_layers, relations=rel_layers,
                                                            features=False)
@@ -222,20 +226,22 @@ class Step:
             keep = torch.arange(P).unsqueeze(0).expand(B, P).contiguous()
             for l in self.mask_layers:
                 keep = redundant_step(mask_in[l][:, 1:], keep, s["drop_ratio"])
-        feat, _, srel = self.student.forward_taps(images, keep, relations=rel_layers if self.hybrid else ())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            feat, _, srel = self.student.forward_taps(images, keep, relations=rel_layers if self.hybrid else ())
+            pred_feat = self.proj(feat) if self.proj is not None else feat
         total = None
         if self.hybrid:
             t_hd = s["teacher"]["embed_dim"] // s["teacher"]["num_heads"]
             s_hd = s["student"]["embed_dim"] // s["student"]["num_heads"]
             for l in rel_layers:
-                target = gather_relation(mim_rel[l], keep) * math.sqrt(t_hd)
-                pred = srel[l] * math.sqrt(s_hd)
+                target = gather_relation(mim_rel[l], keep).float() * math.sqrt(t_hd)
+                pred = srel[l].float() * math.sqrt(s_hd)
                 if s["head_average"]:  # differing head counts: compare head-averaged relations
                     target, pred = target.mean(1, keepdim=True), pred.mean(1, keepdim=True)
                 term = F.smooth_l1_loss(pred, target.detach(), beta=beta)
                 total = term if total is None else total + term
-        target = F.layer_norm(gather_tokens(sup_feat, keep), (sup_feat.shape[-1],), eps=1e-6)
-        pred = self.proj(feat) if self.proj is not None else feat
+        target = F.layer_norm(gather_tokens(sup_feat, keep).float(), (sup_feat.shape[-1],), eps=1e-6)
+        pred = pred_feat.float()
         term = F.smooth_l1_loss(pred, target.detach(), beta=beta)
         return term if total is None else total + term
 
@@ -256,6 +262,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     spec = json.load(open(f"{a.dir}/spec.json"))
@@ -271,8 +278,9 @@ def main():
     def fb(k):
         for p in student.parameters():
             p.grad = None
-        f, _, _ = student.forward_taps(images, k)
-        f.pow(2).mean().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            f, _, _ = student.forward_taps(images, k)
+        f.float().pow(2).mean().backward()
 
     # (b) full steps; the first two losses of each are the check against the C++ side.
     steps = {"hybrid": Step(spec, a.dir, True), "single": Step(spec, a.dir, False)}

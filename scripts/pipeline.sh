@@ -49,27 +49,8 @@ fi
 COMMON=(-t "$THREADS")
 START=$SECONDS
 
-# stage NAME RESUMABLE COMMAND...: runs COMMAND --out DIR in DIR=$OUT/NAME-<hash of COMMAND>
-# unless DIR holds a finished run of it; $OUT/NAME links to DIR. Sets STAGE_DIR.
-stage() {
-  local name=$1 resumable=$2
-  shift 2
-  local key dir
-  key=$(printf '%s\n' "$@" | sha256sum | cut -c1-12)
-  dir=$OUT/$name-$key
-  STAGE_DIR=$dir
-  ln -sfn "$(basename "$dir")" "$OUT/$name"
-  if [ -f "$dir/.done" ]; then
-    echo "== $name: done before, reusing $dir"
-    return
-  fi
-  echo "== $name ($((SECONDS - START)) s): $*"
-  mkdir -p "$dir"
-  local extra=()
-  ((resumable)) && extra=(--resume)
-  "$@" --out "$dir" "${extra[@]}" 2>&1 | tee "$dir/log.txt"
-  touch "$dir/.done"
-}
+# shellcheck source=scripts/stage.sh
+source "$ROOT/scripts/stage.sh"
 
 stage teacher_mae 1 "$BIN" pretrain-mae -a "$ARCH" -b 128 "${MAE_OPTS[@]}" --checkpoint-every 200 "${COMMON[@]}"
 MAE=$STAGE_DIR/model.safetensors

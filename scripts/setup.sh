@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   build-essential cmake ninja-build pkg-config
   libtorch-dev libopenblas0-pthread          # LibTorch 1.13 (CPU) + a fast BLAS for it
+  libgloo-dev                                # headers of the Gloo inside LibTorch's c10d (multi-process)
   libgtest-dev libcli11-dev nlohmann-json3-dev libyaml-cpp-dev
   zlib1g-dev libpng-dev libturbojpeg0-dev
   dataset-fashion-mnist                      # the embedded default data set

@@ -84,7 +84,10 @@ DataLoader::DataLoader(std::shared_ptr<Dataset> dataset, LoaderConfig cfg)
 
   const auto n = static_cast<int64_t>(dataset_->size());
   samples_per_rank_ = (n + cfg_.world_size - 1) / cfg_.world_size;
-  batches_per_epoch_ = cfg_.drop_last ? samples_per_rank_ / cfg_.batch_size
+  // With drop_last only whole global batches (batch_size x world_size images, none of them
+  // padding) count, so the epoch has as many steps, made of the same images, for any world size
+  // with the same global batch.
+  batches_per_epoch_ = cfg_.drop_last ? n / (cfg_.batch_size * cfg_.world_size)
                                       : (samples_per_rank_ + cfg_.batch_size - 1) / cfg_.batch_size;
 }
 
@@ -181,6 +184,10 @@ Batch DataLoader::build_batch(int64_t b) {
   batch.images = kept == count ? images : images.narrow(0, 0, kept).clone();
   batch.labels = torch::tensor(labels, torch::kInt64);
   batch.indices = torch::tensor(indices, torch::kInt64);
+  if (cfg_.pin_memory) {
+    batch.images = batch.images.pin_memory();
+    batch.labels = batch.labels.pin_memory();
+  }
   return batch;
 }
 

@@ -37,7 +37,11 @@ struct LoaderConfig {
   // Sharding like torch.utils.data.DistributedSampler: the epoch permutation is padded by
   // wrapping around to a multiple of world_size and rank r takes positions r, r+W, r+2W, ...
   // so every rank gets the same number of samples (and of batches).
+  // With drop_last, batch k of every rank together are positions [k*B*W, (k+1)*B*W) of the
+  // epoch permutation: exactly the k-th batch of one process with batch B*W.
   int64_t rank = 0, world_size = 1;
+  // Batches in page-locked memory, so that copies to a GPU can be asynchronous (CUDA builds).
+  bool pin_memory = false;
   TransformConfig transform;
 };
 

@@ -12,7 +12,7 @@ namespace hd::distill {
 
 namespace F = torch::nn::functional;
 
-std::vector<Teacher> load_teachers(const Recipe& recipe, const c10::Device& device) {
+std::vector<Teacher> load_teachers(const Recipe& recipe, const c10::Device& device, torch::ScalarType dtype) {
   std::vector<Teacher> out;
   for (const auto& spec : recipe.teachers) {
     Teacher t;
@@ -26,7 +26,7 @@ std::vector<Teacher> load_teachers(const Recipe& recipe, const c10::Device& devi
                   (report.missing.size() > 1 ? " and " + std::to_string(report.missing.size() - 1) + " more" : ""));
     t.model->eval();
     for (auto& p : t.model->parameters()) p.set_requires_grad(false);
-    t.model->to(device);
+    t.model->to(device, dtype);
     out.push_back(std::move(t));
   }
   return out;
@@ -185,7 +185,7 @@ torch::Tensor HybridDistillerImpl::compute_mask(const std::vector<torch::Tensor>
       auto keep = keep_all(B, P, device);
       for (auto l : m.layers) {
         const auto& x = m.source == MaskSource::BlockInput ? taps.block_input.at(l) : taps.block.at(l);
-        keep = redundant_step(x.slice(1, prefix), keep, m.drop_ratio);
+        keep = redundant_step(x.slice(1, prefix).to(torch::kFloat), keep, m.drop_ratio);
       }
       return keep;
     }
@@ -203,7 +203,9 @@ DistillOutput HybridDistillerImpl::forward(const torch::Tensor& images, bool kee
   {
     torch::NoGradGuard ng;
     for (size_t ti = 0; ti < teachers_.size(); ++ti) {
-      inputs.push_back(teacher_input(ti, images));
+      // Each teacher sees its input in its own dtype (float32, or bf16 in bf16 runs).
+      const auto tdtype = teachers_[ti].model->parameters().front().scalar_type();
+      inputs.push_back(teacher_input(ti, images).to(tdtype));
       ttaps.push_back(teachers_[ti].model->forward_taps(inputs.back(), teacher_taps_[ti]));
     }
     out.keep = compute_mask(inputs, ttaps, B, gen);
@@ -275,7 +277,11 @@ DistillOutput HybridDistillerImpl::forward(const torch::Tensor& images, bool kee
           if (tg.norm == TargetNorm::LayerNorm)
             target = F::layer_norm(target, F::LayerNormFuncOptions({target.size(-1)}).eps(1e-6));
         }
-        target = target.detach().to(pred.scalar_type());
+        // The loss in float32 at least (bf16 autocast leaves predictions, and bf16 teachers
+        // their targets, in bfloat16); float64 stays float64.
+        const auto lt = pred.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+        target = target.detach().to(lt);
+        pred = pred.to(lt);
         auto term = smooth_l1(pred, target, recipe_.smooth_l1_beta);
         out.terms.emplace_back(key, term);
         auto weighted = term * tg.weight;

@@ -22,8 +22,10 @@ struct Teacher {
   model::VisionTransformer model{nullptr};
 };
 
-// Loads every teacher of the recipe (float32, frozen, eval mode) onto `device`.
-std::vector<Teacher> load_teachers(const Recipe& recipe, const c10::Device& device);
+// Loads every teacher of the recipe (frozen, eval mode) onto `device`, in `dtype` (float32, or
+// bfloat16 for bf16 runs: their inputs are cast to it, their targets back to the loss's type).
+std::vector<Teacher> load_teachers(const Recipe& recipe, const c10::Device& device,
+                                   torch::ScalarType dtype = torch::kFloat);
 
 // Smooth L1 (Huber) distance averaged over elements:
 //   d(x) = 0.5 x^2 / beta  if |x| < beta,  |x| - 0.5 beta  otherwise;  beta = 0 gives L1.
@@ -75,6 +77,8 @@ class HybridDistillerImpl : public torch::nn::Module {
   std::map<std::string, Decoder> decoders;
   torch::Tensor mask_token;  // mask_tokens strategy only
   std::vector<Teacher>& teachers() { return teachers_; }
+  // What forward() taps from teacher `ti` (the layers its targets and the mask need).
+  const model::TapSpec& teacher_tap_spec(size_t ti) const { return teacher_taps_.at(ti); }
   const Recipe& recipe() const { return recipe_; }
 
   // Whether a named trainable parameter (student.* / dec_* / mask_token) takes weight decay.

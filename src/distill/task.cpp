@@ -34,4 +34,26 @@ data::LoaderConfig loader_config(const Recipe& r) {
   return lc;
 }
 
+train::TrainConfig train_config(const Recipe& r, const std::string& run_dir) {
+  train::TrainConfig tc;
+  tc.run_dir = run_dir;
+  tc.epochs = r.epochs;
+  tc.max_steps = r.max_steps;
+  tc.lr = r.optim.lr * static_cast<double>(r.batch) / static_cast<double>(r.optim.base_batch);
+  tc.min_lr = r.optim.min_lr;
+  tc.warmup_epochs = r.optim.warmup_epochs;
+  tc.adamw.beta1 = r.optim.beta1;
+  tc.adamw.beta2 = r.optim.beta2;
+  tc.adamw.eps = r.optim.eps;
+  tc.adamw.weight_decay = r.optim.weight_decay;
+  tc.clip_grad = r.optim.clip_grad;
+  tc.seed = r.seed;
+  tc.log_every = r.log_every;
+  tc.checkpoint_every = r.checkpoint_every;
+  // The effective recipe (defaults filled in, paths resolved): written to the run folder, and
+  // its hash guards --resume against a changed recipe.
+  tc.recipe_text = r.to_yaml();
+  return tc;
+}
+
 }  // namespace hd::distill

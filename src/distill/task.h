@@ -25,4 +25,8 @@ class DistillTask : public train::Task {
 // Loader settings for a recipe: the student's input size, channels and normalisation.
 data::LoaderConfig loader_config(const Recipe& r);
 
+// The trainer's settings for a recipe (lr scaled by batch / base_batch; the effective recipe as
+// the text --resume must find unchanged). Run folder, resume, device and the like are the caller's.
+train::TrainConfig train_config(const Recipe& r, const std::string& run_dir);
+
 }  // namespace hd::distill

@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include "dist/comm.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 #include "util/common.h"
@@ -82,8 +83,18 @@ void remove_stale_temporaries(const std::string& dir) {
 
 void request_stop() { g_stop.store(true); }
 
-TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg) {
-  {
+TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg_in) {
+  TrainConfig cfg = cfg_in;
+  dist::Comm* comm = cfg.comm.get();
+  const bool main_rank = !comm || comm->is_main();
+  const int64_t world = comm ? comm->size() : 1;
+  if (loader.config().world_size != world || loader.config().rank != (comm ? comm->rank() : 0))
+    throw Error("the data loader is sharded for rank " + std::to_string(loader.config().rank) + " of " +
+                std::to_string(loader.config().world_size) + ", the process is rank " +
+                std::to_string(comm ? comm->rank() : 0) + " of " + std::to_string(world));
+  if (!main_rank) cfg.quiet = true;
+  const int64_t global_batch = loader.config().batch_size * world;
+  if (main_rank) {
     std::error_code ec;
     fs::create_directories(cfg.run_dir, ec);
     if (ec) throw Error(cfg.run_dir + ": cannot create the run folder: " + ec.message());
@@ -94,7 +105,7 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg) 
     std::fclose(f);
     std::remove(probe.c_str());
   }
-  remove_stale_temporaries(cfg.run_dir);
+  if (main_rank) remove_stale_temporaries(cfg.run_dir);
   const std::string ckpt_path = (fs::path(cfg.run_dir) / "checkpoint.safetensors").string();
   const std::string metrics_path = (fs::path(cfg.run_dir) / "metrics.jsonl").string();
   const std::string recipe_hash = hash_text(cfg.recipe_text);
@@ -120,7 +131,7 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg) 
 
   torch::manual_seed(cfg.seed);
   Position pos;
-  if (cfg.resume && fs::exists(ckpt_path)) {
+  if (main_rank && cfg.resume && fs::exists(ckpt_path)) {
     auto file = io::SafeTensorsFile::open(ckpt_path);
     const auto& meta = file.metadata();
     auto h = meta.find("recipe_hash");
@@ -129,6 +140,9 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg) 
     pos.step = meta_count(meta, "step", ckpt_path);
     pos.epoch = meta_count(meta, "epoch", ckpt_path);
     pos.batch = meta_count(meta, "batch", ckpt_path);
+    if (meta.count("global_batch") && meta_count(meta, "global_batch", ckpt_path) != global_batch)
+      throw Error(ckpt_path + ": was written with a global batch of " + meta.at("global_batch") + " images, this run has " +
+                  std::to_string(global_batch) + " (batch per process x processes); its data position would not carry over");
     if (pos.batch > per_epoch)
       throw Error(ckpt_path + ": resumes at batch " + std::to_string(pos.batch) + " of an epoch of " +
                   std::to_string(per_epoch) + " batches (written with another batch size or data set?)");
@@ -154,16 +168,39 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg) 
   } else if (cfg.resume && !cfg.quiet) {
     std::printf("no checkpoint in %s: starting from scratch\n", cfg.run_dir.c_str());
   }
-  if (pos.step == 0 && fs::exists(ckpt_path) && !cfg.resume && !cfg.force)
+  if (main_rank && pos.step == 0 && fs::exists(ckpt_path) && !cfg.resume && !cfg.force)
     throw Error(cfg.run_dir + ": already holds a checkpoint; pass --resume to continue it or --force to start over");
 
+  std::unique_ptr<dist::GradReducer> reducer;
+  if (comm) {
+    // Every rank starts from rank 0's state: weights (and buffers), optimiser state, position.
+    std::vector<torch::Tensor> sync;
+    for (auto& p : module.parameters(true)) sync.push_back(p);
+    for (auto& b : module.buffers(true)) sync.push_back(b);
+    auto ostate = opt.state();
+    for (auto& [k, v] : ostate) sync.push_back(v);
+    sync.push_back(torch::tensor({pos.step, pos.epoch, pos.batch}, torch::kLong));
+    comm->broadcast(sync, 0, "broadcasting rank 0's starting state");
+    if (!main_rank) {
+      auto where = sync.back();
+      pos.step = where[0].item<int64_t>();
+      pos.epoch = where[1].item<int64_t>();
+      pos.batch = where[2].item<int64_t>();
+      opt.load_state(ostate, "rank 0's optimiser state");
+      // Random draws (drop path, random masks) differ between ranks, as their images do.
+      torch::manual_seed(data::splitmix64(cfg.seed ^ data::splitmix64(static_cast<uint64_t>(comm->rank()) +
+                                                                       (static_cast<uint64_t>(pos.step) << 20))));
+    }
+    reducer = std::make_unique<dist::GradReducer>(cfg.comm, plist);
+  }
+
   // The effective recipe, next to everything the run writes.
-  if (!cfg.recipe_text.empty())
+  if (main_rank && !cfg.recipe_text.empty())
     atomic_write_file((fs::path(cfg.run_dir) / "recipe.yaml").string(),
                       [&](std::FILE* f) { std::fwrite(cfg.recipe_text.data(), 1, cfg.recipe_text.size(), f); });
 
   // metrics.jsonl: keep the lines of steps already covered by the checkpoint.
-  {
+  if (main_rank) {
     std::vector<std::string> keep;
     std::ifstream in(metrics_path);
     for (std::string line; std::getline(in, line);) {
@@ -178,13 +215,15 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg) 
       }
     });
   }
-  std::ofstream metrics(metrics_path, std::ios::app);
+  std::ofstream metrics;
+  if (main_rank) metrics.open(metrics_path, std::ios::app);
 
   auto last_good = [&] {
     std::error_code ec;
     return fs::exists(ckpt_path, ec) ? "the last good checkpoint is " + ckpt_path : std::string("no checkpoint was saved yet");
   };
   auto save_checkpoint = [&](const Position& p) {
+    if (!main_rank) return;
     // metrics.jsonl covers at least the steps the checkpoint does, whenever the run is killed.
     metrics.flush();
     // A finite loss can still come with non-finite gradients (and clipping may be off): never
@@ -206,6 +245,7 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg) 
                            {{"step", std::to_string(p.step)},
                             {"epoch", std::to_string(p.epoch)},
                             {"batch", std::to_string(p.batch)},
+                            {"global_batch", std::to_string(global_batch)},
                             {"recipe_hash", recipe_hash}});
     } catch (const Error& e) {
       throw Error(std::string(e.what()) + " (checkpoint of step " + std::to_string(p.step) +
@@ -237,6 +277,9 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg) 
   bool first_window = true;
   std::map<std::string, double> window_terms;
 
+  // Set from the signal flag once per step (with several ranks: from all ranks' flags, in the
+  // step's collective, so that every rank stops after the same step).
+  bool stop = false;
   while (pos.step < total) {
     loader.start_epoch(pos.epoch, pos.batch);
     data::Batch batch;
@@ -246,22 +289,44 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg) 
       t_data += t.seconds();
       const double lr = cosine_lr(pos.step, total, warmup, cfg.lr, cfg.min_lr);
       t.reset();
-      batch.images = batch.images.to(cfg.device);
-      batch.labels = batch.labels.to(cfg.device);
+      // From pinned memory (LoaderConfig::pin_memory) the copies to a GPU are asynchronous.
+      batch.images = batch.images.to(cfg.device, /*non_blocking=*/cfg.device.is_cuda());
+      batch.labels = batch.labels.to(cfg.device, /*non_blocking=*/cfg.device.is_cuda());
       NamedTensors terms;
-      auto loss = task.loss(batch, terms);
+      torch::Tensor loss;
+      {
+        AutocastScope autocast(cfg.device, cfg.precision == Precision::BF16);
+        loss = task.loss(batch, terms);
+      }
       t_fwd += t.seconds();
-      const double loss_v = loss.item<double>();
+      // The loss and its terms as logged (means over the ranks), and whether any rank was asked
+      // to stop: one small collective keeps every rank's decisions identical.
+      std::vector<double> values{loss.item<double>()};
+      for (auto& [k, v] : terms) values.push_back(v.item<double>());
+      if (comm) {
+        values.push_back(g_stop.load() ? 1.0 : 0.0);
+        auto packed = torch::tensor(values, torch::kDouble);
+        comm->allreduce_sum(packed, "loss all-reduce at step " + std::to_string(pos.step));
+        auto acc = packed.accessor<double, 1>();
+        for (size_t i = 0; i + 1 < values.size(); ++i) values[i] = acc[static_cast<int64_t>(i)] / world;
+        stop = acc[static_cast<int64_t>(values.size()) - 1] > 0;
+        values.pop_back();
+      } else {
+        stop = g_stop.load();
+      }
+      const double loss_v = values[0];
       if (!std::isfinite(loss_v)) {
         std::string bad = "total";
-        for (auto& [k, v] : terms)
-          if (!std::isfinite(v.item<double>())) bad = k;
+        for (size_t i = 0; i < terms.size(); ++i)
+          if (!std::isfinite(values[i + 1])) bad = terms[i].first;
         throw Error("loss became " + value_text(loss_v) + " at step " + std::to_string(pos.step) + " (term '" + bad +
                     "'); " + last_good());
       }
       t.reset();
       opt.zero_grad();
+      if (reducer) reducer->begin();
       loss.backward();
+      if (reducer) reducer->finish();
       t_bwd += t.seconds();
       t.reset();
       double gnorm = cfg.clip_grad > 0 ? clip_grad_norm(plist, cfg.clip_grad) : 0.0;
@@ -273,18 +338,17 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg) 
 
       ++pos.step;
       ++pos.batch;
-      images_done += batch.images.size(0);
+      images_done += batch.images.size(0) * world;
       window_loss += loss_v;
       ++window_n;
       nlohmann::json rec = {{"step", pos.step - 1}, {"epoch", pos.epoch}, {"lr", lr}, {"loss", loss_v},
                             {"time", wall.seconds()}};
       if (cfg.clip_grad > 0) rec["grad_norm"] = gnorm;
-      for (auto& [k, v] : terms) {
-        double x = v.item<double>();
-        rec[k] = x;
-        window_terms[k] += x;
+      for (size_t i = 0; i < terms.size(); ++i) {
+        rec[terms[i].first] = values[i + 1];
+        window_terms[terms[i].first] += values[i + 1];
       }
-      metrics << rec.dump() << "\n";
+      if (main_rank) metrics << rec.dump() << "\n";
 
       const bool log_now = pos.step % std::max<int64_t>(1, cfg.log_every) == 0 || pos.step == total;
       if (log_now) {
@@ -292,7 +356,7 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg) 
         if (first_window) result.first_loss = mean;
         first_window = false;
         result.last_loss = mean;
-        metrics.flush();
+        if (main_rank) metrics.flush();
         if (!cfg.quiet) {
           double el = wall.seconds();
           double ips = images_done / std::max(el, 1e-9);
@@ -317,10 +381,11 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg) 
         window_terms.clear();
       }
       if (cfg.checkpoint_every > 0 && pos.step % cfg.checkpoint_every == 0) save_checkpoint(pos);
-      if (cfg.stop_at > 0 && pos.step >= cfg.stop_at) g_stop.store(true);
-      if (g_stop.load()) break;
+      if (cfg.stop_at > 0 && pos.step >= cfg.stop_at) stop = true;
+      if (!comm && g_stop.load()) stop = true;  // one process: a signal during this step counts now
+      if (stop) break;
     }
-    if (g_stop.load()) {
+    if (stop) {
       save_checkpoint(pos);
       result.interrupted = true;
       if (!cfg.quiet) std::printf("%sinterrupted: checkpoint saved at step %ld; continue with --resume\n", tty ? "\n" : "", (long)pos.step);
@@ -343,7 +408,7 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg) 
       std::printf("time per phase: data %.1f%%  forward+loss %.1f%%  backward %.1f%%  optimiser %.1f%%  (%.1f s)\n",
                 100 * t_data / sum, 100 * t_fwd / sum, 100 * t_bwd / sum, 100 * t_opt / sum, result.seconds);
   }
-  if (!result.interrupted && pos.step >= total) task.save_final(cfg.run_dir);
+  if (main_rank && !result.interrupted && pos.step >= total) task.save_final(cfg.run_dir);
   return result;
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -13,6 +14,11 @@
 
 #include "data/loader.h"
 #include "train/optim.h"
+#include "train/precision.h"
+
+namespace hd::dist {
+class Comm;
+}
 
 namespace hd::train {
 
@@ -53,6 +59,16 @@ struct TrainConfig {
   // Stop (checkpoint saved, as on SIGINT) once this many steps are done; 0: never. Lets a long
   // run be split into time-boxed jobs that each continue with --resume.
   int64_t stop_at = 0;
+  // bf16: the task's loss runs under bf16 autocast (master weights and optimiser stay fp32).
+  Precision precision = Precision::FP32;
+  // Data parallel: null for one process. Otherwise every rank runs train() with a loader sharded
+  // for it (LoaderConfig rank / world_size, batch = global batch / world size). Rank 0's weights
+  // (or its checkpoint, on --resume) are broadcast at the start, gradients are averaged during
+  // backward (dist::GradReducer), logged losses are means over the ranks, and only rank 0
+  // writes anything (run folder, metrics, checkpoints, final artefacts). The checkpoint's
+  // position counts whole global batches, so a run resumes under any world size that divides
+  // the global batch.
+  std::shared_ptr<dist::Comm> comm;
 };
 
 struct TrainResult {

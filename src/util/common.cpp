@@ -16,7 +16,15 @@
 namespace hd {
 
 int set_threads(int n) {
-  if (n <= 0) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (n <= 0) {
+    n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    // Several processes of one job on this machine (torchrun and `hybrid-distill launch` set
+    // LOCAL_WORLD_SIZE) share its cores instead of each taking all of them.
+    if (const char* local = std::getenv("LOCAL_WORLD_SIZE")) {
+      const int w = std::atoi(local);
+      if (w > 1) n = std::max(1, n / w);
+    }
+  }
   torch::set_num_threads(n);
   return torch::get_num_threads();
 }

@@ -17,7 +17,7 @@ class Error : public std::runtime_error {
 };
 
 // Sets LibTorch's intra-op thread count (Debian's LibTorch defaults to 1 thread).
-// n <= 0 means "all hardware threads". Returns the count in effect.
+// n <= 0 means "all hardware threads" (divided among LOCAL_WORLD_SIZE processes). Returns the count in effect.
 int set_threads(int n);
 
 // LibTorch's OpenMP threads spin between parallel regions by default, and Debian's OpenBLAS runs

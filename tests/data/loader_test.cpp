@@ -207,6 +207,41 @@ TEST(Loader, ShardingCoversTheDataset) {
   EXPECT_THROW(DataLoader(ds, cfg), hd::Error);
 }
 
+TEST(Loader, RanksTogetherMakeTheSingleProcessBatch) {
+  // drop_last: batch k of W ranks with batch B holds exactly the images of batch k of one
+  // process with batch W*B, and every world size has the same number of steps per epoch.
+  auto ds = std::make_shared<SyntheticDataset>(103);
+  LoaderConfig one = small_config(1);
+  one.batch_size = 12;
+  DataLoader single(ds, one);
+  EXPECT_EQ(single.batches_per_epoch(), 8);  // floor(103 / 12)
+  auto whole = all_batches(single, 2);
+  for (int64_t world : {2, 3, 4}) {
+    std::vector<std::vector<Batch>> ranks;
+    for (int64_t rank = 0; rank < world; ++rank) {
+      LoaderConfig cfg = small_config(1);
+      cfg.batch_size = 12 / world;
+      cfg.rank = rank;
+      cfg.world_size = world;
+      DataLoader loader(ds, cfg);
+      EXPECT_EQ(loader.batches_per_epoch(), 8) << "world " << world;
+      ranks.push_back(all_batches(loader, 2));
+    }
+    for (size_t k = 0; k < whole.size(); ++k) {
+      std::vector<int64_t> got;
+      for (auto& r : ranks) {
+        ASSERT_EQ(r.size(), whole.size());
+        auto idx = order_of({r[k]});
+        got.insert(got.end(), idx.begin(), idx.end());
+      }
+      auto want = order_of({whole[k]});
+      std::sort(got.begin(), got.end());
+      std::sort(want.begin(), want.end());
+      EXPECT_EQ(got, want) << "world " << world << ", batch " << k;
+    }
+  }
+}
+
 TEST(Loader, WorkerExceptionPropagatesUnchanged) {
   auto ds = std::make_shared<SyntheticDataset>(60, 1, 8, 8, 3, std::set<size_t>{37});
   LoaderConfig cfg = small_config(3);
