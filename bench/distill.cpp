@@ -305,7 +305,7 @@ int main(int argc, char** argv) {
       torch::Tensor l;
       {
         train::AutocastScope autocast(torch::kCPU, o.bf16);
-        l = s->forward_features(images, k).float().pow(2).mean();
+        l = s->forward_features(images, k).to(torch::kFloat).pow(2).mean();
       }
       l.backward();
     };
