@@ -8,6 +8,7 @@
 #include "dist/comm.h"
 #include "train/inputs.h"
 #include "util/common.h"
+#include "util/parse.h"
 
 namespace hd::cli {
 
@@ -70,14 +71,9 @@ std::vector<int64_t> parse_layers(const std::string& spec, int64_t depth, const 
     return out;
   }
   auto parse_one = [&](const std::string& s) -> int64_t {
-    size_t pos = 0;
-    int64_t v = 0;
-    try {
-      v = std::stoll(s, &pos);
-    } catch (const std::exception&) {
-      pos = 0;
-    }
-    if (pos == 0 || pos != s.size()) throw Error(what + ": '" + s + "' is not a layer index");
+    auto parsed = parse_int(s);
+    if (!parsed) throw Error(what + ": '" + s + "' is not a layer index");
+    int64_t v = *parsed;
     if (v < 0) v += depth;
     if (v < 0 || v >= depth)
       throw Error(what + ": layer " + s + " is out of range for a " + std::to_string(depth) + "-block model");

@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include "util/common.h"
+#include "util/parse.h"
 
 namespace hd::analysis {
 
@@ -34,16 +35,9 @@ std::vector<int64_t> parse_queries(const std::string& spec, int64_t grid_h, int6
     return out;
   }
   auto number = [&](const std::string& s, const std::string& item) -> int64_t {
-    size_t pos = 0;
-    int64_t v = 0;
-    try {
-      v = std::stoll(s, &pos);
-    } catch (const std::exception&) {
-      pos = 0;
-    }
-    if (pos == 0 || pos != s.size())
-      throw Error(what + ": '" + item + "' is not a patch index or a row:col grid cell");
-    return v;
+    auto v = parse_int(s);
+    if (!v) throw Error(what + ": '" + item + "' is not a patch index or a row:col grid cell");
+    return *v;
   };
   std::stringstream ss(spec);
   std::string item;

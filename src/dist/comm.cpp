@@ -17,6 +17,7 @@
 #endif
 
 #include "util/common.h"
+#include "util/parse.h"
 
 namespace hd::dist {
 
@@ -35,15 +36,9 @@ int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
   const char* v = std::getenv(name);
   if (!v || !*v) return fallback;
   std::string s(v);
-  size_t pos = 0;
-  int64_t x = 0;
-  try {
-    x = std::stoll(s, &pos);
-  } catch (const std::exception&) {
-    pos = 0;
-  }
-  if (pos == 0 || pos != s.size())
-    throw Error("environment variable " + std::string(name) + "='" + s + "' is not an integer");
+  auto parsed = parse_int(s);
+  if (!parsed) throw Error("environment variable " + std::string(name) + "='" + s + "' is not an integer");
+  const int64_t x = *parsed;
   if (x < lo || x > hi)
     throw Error("environment variable " + std::string(name) + "=" + s + " is out of range [" + std::to_string(lo) +
                 ", " + std::to_string(hi) + "]");

@@ -10,6 +10,9 @@
 #include <sstream>
 
 #include <nlohmann/json.hpp>
+#include <caffe2/serialize/inline_container.h>
+#include <caffe2/serialize/read_adapter_interface.h>
+#include <torch/csrc/jit/serialization/import_read.h>
 #include <torch/serialize.h>
 #include <torch/torch.h>
 
@@ -44,6 +47,112 @@ std::vector<char> read_bytes(const std::string& path) {
 bool contains_bytes(const std::vector<char>& hay, const char* needle) {
   const size_t n = std::strlen(needle);
   return std::search(hay.begin(), hay.end(), needle, needle + n) != hay.end();
+}
+
+// Checks the zip structure of a torch.save archive before LibTorch's reader sees it: LibTorch
+// 1.13's in-memory reader trusts the archive's lengths and offsets (a fuzzed file made it read
+// past its buffer) and allocates what an entry's header claims. torch.save writes "stored"
+// (uncompressed) entries, zip64 records when needed; so every entry must be stored, lie inside
+// the file before the central directory, and every length must fit where it is read from.
+void validate_torch_zip(const std::vector<char>& bytes, const std::string& path) {
+  const uint64_t size = bytes.size();
+  auto bad = [&](const std::string& what) -> Error {
+    return Error(path + ": not a valid torch.save zip archive: " + what);
+  };
+  auto u16 = [&](uint64_t at) -> uint64_t {
+    if (at + 2 > size) throw bad("truncated");
+    return static_cast<uint8_t>(bytes[at]) | static_cast<uint64_t>(static_cast<uint8_t>(bytes[at + 1])) << 8;
+  };
+  auto u32 = [&](uint64_t at) -> uint64_t { return u16(at) | u16(at + 2) << 16; };
+  auto u64 = [&](uint64_t at) -> uint64_t { return u32(at) | u32(at + 4) << 32; };
+  // End of central directory: 22 bytes plus a comment that must end exactly at the end of file.
+  if (size < 22) throw bad("too short for a zip archive");
+  uint64_t eocd = size;
+  for (uint64_t i = size - 22;; --i) {
+    if (u32(i) == 0x06054b50 && i + 22 + u16(i + 20) == size) {
+      eocd = i;
+      break;
+    }
+    if (i == 0 || size - i > 22 + 0xffff) break;
+  }
+  if (eocd == size) throw bad("no end-of-central-directory record (truncated file?)");
+  uint64_t entries = u16(eocd + 10), cd_size = u32(eocd + 12), cd_offset = u32(eocd + 16);
+  // zip64: a locator right before the record points to the zip64 end-of-central-directory,
+  // whose counts then apply (as LibTorch's reader takes them whenever the locator is there).
+  const bool zip64 = eocd >= 20 && u32(eocd - 20) == 0x07064b50;
+  if (!zip64 && (entries == 0xffff || cd_size == 0xffffffff || cd_offset == 0xffffffff))
+    throw bad("zip64 sizes without a zip64 locator");
+  if (zip64) {
+    const uint64_t z = u64(eocd - 12);
+    if (z > eocd - 20 || eocd - 20 - z < 56 || u32(z) != 0x06064b50)
+      throw bad("zip64 end-of-central-directory record out of place");
+    entries = u64(z + 32);
+    cd_size = u64(z + 40);
+    cd_offset = u64(z + 48);
+  }
+  if (cd_offset > size || cd_size > size - cd_offset || cd_offset + cd_size > eocd)
+    throw bad("central directory outside the file");
+  if (entries == 0) throw bad("no entries");
+  if (entries > cd_size / 46) throw bad("more entries than the central directory can hold");
+  uint64_t at = cd_offset;
+  const uint64_t cd_end = cd_offset + cd_size;
+  for (uint64_t e = 0; e < entries; ++e) {
+    if (at + 46 > cd_end || u32(at) != 0x02014b50) throw bad("central directory entry " + std::to_string(e) + " is malformed");
+    const uint64_t method = u16(at + 10), flags = u16(at + 8);
+    uint64_t csize = u32(at + 20), usize = u32(at + 24), local = u32(at + 42);
+    const uint64_t name_len = u16(at + 28), extra_len = u16(at + 30), comment_len = u16(at + 32);
+    const uint64_t next = at + 46 + name_len + extra_len + comment_len;
+    if (next > cd_end) throw bad("central directory entry " + std::to_string(e) + " overruns the directory");
+    const std::string name(bytes.data() + at + 46, bytes.data() + at + 46 + name_len);
+    // zip64 extended information: 8-byte values for the fields set to 0xffffffff, in order.
+    for (uint64_t x = at + 46 + name_len, xend = x + extra_len; x + 4 <= xend;) {
+      const uint64_t id = u16(x), len = u16(x + 2);
+      if (x + 4 + len > xend) throw bad("entry '" + name + "': malformed extra field");
+      if (id == 1) {
+        uint64_t f = x + 4;
+        for (uint64_t* v : {&usize, &csize, &local}) {
+          if (*v != 0xffffffff) continue;
+          if (f + 8 > x + 4 + len) throw bad("entry '" + name + "': short zip64 field");
+          *v = u64(f);
+          f += 8;
+        }
+      }
+      x += 4 + len;
+    }
+    if (method != 0 || csize != usize)
+      throw bad("entry '" + name + "' is compressed (torch.save writes stored entries)");
+    if (flags & 1) throw bad("entry '" + name + "' is encrypted");
+    if (local > cd_offset || cd_offset - local < 30 || u32(local) != 0x04034b50)
+      throw bad("entry '" + name + "': local header out of place");
+    const uint64_t data = local + 30 + u16(local + 26) + u16(local + 28);
+    if (data > cd_offset || usize > cd_offset - data) throw bad("entry '" + name + "' extends past its data area");
+    at = next;
+  }
+}
+
+// The archive's bytes for LibTorch's zip reader, every read clamped to them (LibTorch 1.13's own
+// in-memory adapter copies whatever range it is asked for).
+class ClampedReader : public caffe2::serialize::ReadAdapterInterface {
+ public:
+  explicit ClampedReader(const std::vector<char>& bytes) : bytes_(bytes) {}
+  size_t size() const override { return bytes_.size(); }
+  size_t read(uint64_t pos, void* buf, size_t n, const char* /*what*/) const override {
+    if (pos >= bytes_.size()) return 0;
+    n = std::min<size_t>(n, bytes_.size() - static_cast<size_t>(pos));
+    std::memcpy(buf, bytes_.data() + pos, n);
+    return n;
+  }
+
+ private:
+  const std::vector<char>& bytes_;
+};
+
+// torch.save's zip archive (validated) unpickled as torch.load does, tensors on the CPU.
+c10::IValue load_torch_zip(const std::vector<char>& bytes) {
+  caffe2::serialize::PyTorchStreamReader reader(std::make_shared<ClampedReader>(bytes));
+  return torch::jit::readArchiveAndTensors("data", /*pickle_prefix=*/"", /*tensor_prefix=*/"",
+                                           /*type_resolver=*/c10::nullopt, /*obj_loader=*/c10::nullopt,
+                                           /*device=*/c10::Device(c10::kCPU), reader);
 }
 
 // The Python one-liner that turns the file into something LibTorch reads: a plain dict.
@@ -85,10 +194,11 @@ CheckpointFile read_torch_file(const std::string& path) {
   CheckpointFile out;
   out.format = "torch";
   const auto bytes = read_bytes(path);
+  validate_torch_zip(bytes, path);
   const bool ordered = contains_bytes(bytes, "collections\nOrderedDict");
   c10::IValue root;
   try {
-    root = torch::pickle_load(bytes);
+    root = load_torch_zip(bytes);
   } catch (const std::exception& e) {
     if (ordered) {
       const std::string entry = ordered_dict_entry(bytes);

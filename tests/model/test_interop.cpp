@@ -77,6 +77,13 @@ std::string error_of(const std::function<void()>& f) {
 
 bool has(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
 
+std::string read_file(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::ostringstream o;
+  o << f.rdbuf();
+  return o.str();
+}
+
 // Non-trivial values everywhere (norm scales and every bias too), so that every tensor matters.
 void randomize(VisionTransformer& m, uint64_t seed) {
   torch::manual_seed(seed);
@@ -392,6 +399,54 @@ TEST(InteropPth, OrderedDictGivesThePythonFix) {
       if (!wrap.empty()) EXPECT_TRUE(has(msg, "['" + wrap + "']")) << msg;
     }
   }
+}
+
+// The fuzz corpus of the checkpoint reader (torch.save files of every shape published
+// checkpoints come in, and inputs that crashed LibTorch's zip reader before the archive was
+// checked): each one loads or gives an hd::Error naming the file, never a crash.
+TEST(InteropPth, FuzzCorpusAndDamagedArchivesGiveHdErrors) {
+  const fs::path corpus = fs::path(HD_TEST_DATA_DIR) / ".." / ".." / "fuzz" / "corpus" / "checkpoint";
+  ASSERT_TRUE(fs::is_directory(corpus)) << corpus;
+  int n = 0, loaded = 0;
+  for (const auto& e : fs::directory_iterator(corpus)) {
+    const std::string path = e.path().string();
+    try {
+      auto f = read_checkpoint_file(path);
+      EXPECT_FALSE(f.tensors.empty()) << path;
+      ++loaded;
+    } catch (const hd::Error& err) {
+      EXPECT_EQ(std::string(err.what()).rfind(path + ": ", 0), 0u) << err.what();
+      if (e.path().filename().string().rfind("crash_", 0) == 0)
+        EXPECT_TRUE(has(err.what(), "not a valid torch.save zip archive")) << err.what();
+    }
+    ++n;
+  }
+  EXPECT_GE(n, 10);
+  EXPECT_GE(loaded, 4);  // plain, wrapped, nested and prefixed dicts
+
+  // Damaged copies of a good archive.
+  auto good = read_file(corpus / "plain.pth");
+  auto dir = tmp_dir("pth_damaged");
+  auto expect_error = [&](const std::string& name, const std::string& bytes, const std::string& what) {
+    const std::string path = dir + "/" + name;
+    std::ofstream(path, std::ios::binary) << bytes;
+    try {
+      read_checkpoint_file(path);
+      ADD_FAILURE() << name << " was accepted";
+    } catch (const hd::Error& err) {
+      EXPECT_TRUE(has(err.what(), path + ": not a valid torch.save zip archive: ") && has(err.what(), what)) << err.what();
+    }
+  };
+  expect_error("half.pth", good.substr(0, good.size() / 2), "no end-of-central-directory record");
+  std::string compressed = good;
+  const auto cd = compressed.find(std::string("PK\x01\x02", 4));
+  ASSERT_NE(cd, std::string::npos);
+  compressed[cd + 10] = 8;  // deflate
+  expect_error("compressed.pth", compressed, "is compressed");
+  std::string long_name = good;
+  long_name[cd + 28] = '\xff';  // file name length 0x..ff: past the central directory
+  long_name[cd + 29] = '\xff';
+  expect_error("long_name.pth", long_name, "overruns the directory");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,22 @@
+// libFuzzer harness: the published-checkpoint reader (torch.save zip archives and legacy
+// pickles, safetensors by the same entry point) and the timm-layout conversion after it.
+// Input: the file's bytes. Anything but a clean hd::Error (naming the file) is a failure.
+#include <cstdint>
+
+#include <torch/torch.h>
+
+#include "fuzz/fuzz_util.h"
+#include "model/interop.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const std::string path = hd::fuzz::write_input("in.pth", data, size);
+  hd::fuzz::expect_only_hd_errors("checkpoint", [&] {
+    auto file = hd::model::read_checkpoint_file(path);
+    for (const auto& [name, t] : file.tensors)
+      if (!t.defined()) std::abort();
+    auto conv = hd::model::to_timm_layout(std::move(file.tensors), path);
+    for (const auto& [name, t] : conv.tensors)
+      if (!t.defined() || name.empty()) std::abort();
+  });
+  return 0;
+}
