@@ -49,6 +49,76 @@ bool contains_bytes(const std::vector<char>& hay, const char* needle) {
   return std::search(hay.begin(), hay.end(), needle, needle + n) != hay.end();
 }
 
+// Walks the opcodes of a pickle (protocols 0-5) and checks that every length-prefixed argument
+// fits in what is left of it: LibTorch's unpickler allocates what a length claims before reading
+// (a 4-byte length of 0xffffffff made it reserve 4 GiB), and sizes its memo by the largest index
+// a PUT names: memo indices must stay below the pickle's length (every PUT takes at least two
+// bytes). Throws `bad(...)` on a violation.
+template <typename Bad>
+void check_pickle_lengths(const char* p, uint64_t n, const Bad& bad) {
+  uint64_t at = 0;
+  auto need = [&](uint64_t k, const char* what) {
+    if (k > n - at) throw bad(std::string("data.pkl: ") + what + " runs past the end of the pickle");
+  };
+  auto le = [&](int bytes) {
+    need(static_cast<uint64_t>(bytes), "an argument");
+    uint64_t v = 0;
+    for (int i = bytes - 1; i >= 0; --i) v = v << 8 | static_cast<uint8_t>(p[at + static_cast<uint64_t>(i)]);
+    at += static_cast<uint64_t>(bytes);
+    return v;
+  };
+  auto line = [&] {
+    const void* nl = std::memchr(p + at, '\n', n - at);
+    if (!nl) throw bad("data.pkl: unterminated text argument");
+    const uint64_t start = at;
+    at = static_cast<uint64_t>(static_cast<const char*>(nl) - p) + 1;
+    return std::string(p + start, p + at - 1);
+  };
+  auto memo = [&](uint64_t index) {
+    if (index >= n) throw bad("data.pkl: memo index " + std::to_string(index) + " beyond the pickle's size");
+  };
+  auto blob = [&](uint64_t len) {
+    if (len > n - at)
+      throw bad("data.pkl: an argument claims " + std::to_string(len) + " bytes where " + std::to_string(n - at) +
+                " remain");
+    at += len;
+  };
+  while (true) {
+    need(1, "an opcode");
+    const auto op = static_cast<uint8_t>(p[at++]);
+    switch (op) {
+      case '.': return;  // STOP
+      case '(': case ')': case '0': case '1': case '2': case 'N': case 'R': case 'a': case 'b': case 'd': case '}':
+      case 'e': case 'l': case ']': case 'o': case 's': case 't': case 'u': case 'Q': case 0x81: case 0x85:
+      case 0x86: case 0x87: case 0x88: case 0x89: case 0x8f: case 0x90: case 0x91: case 0x92: case 0x93:
+      case 0x94: case 0x97: case 0x98: break;
+      case 'K': case 'q': case 'h': case 0x80: case 0x82: le(1); break;
+      case 'M': case 0x83: le(2); break;
+      case 'J': case 0x84: le(4); break;
+      case 'r': case 'j': memo(le(4)); break;
+      case 'G': le(8); break;
+      case 0x95: {  // FRAME: the length of the opcodes that follow
+        const uint64_t len = le(8);
+        if (len > n - at) throw bad("data.pkl: a frame claims " + std::to_string(len) + " bytes where " +
+                                    std::to_string(n - at) + " remain");
+        break;
+      }
+      case 'p': case 'g': {
+        const std::string t = line();
+        memo(t.empty() || t.find_first_not_of("0123456789") != std::string::npos || t.size() > 18 ? n
+                                                                                                 : std::stoull(t));
+        break;
+      }
+      case 'I': case 'L': case 'F': case 'S': case 'V': case 'P': line(); break;
+      case 'c': case 'i': line(); line(); break;
+      case 'U': case 'C': case 0x8c: case 0x8a: blob(le(1)); break;
+      case 'T': case 'B': case 'X': case 0x8b: blob(le(4)); break;
+      case 0x8d: case 0x8e: case 0x96: blob(le(8)); break;
+      default: throw bad("data.pkl: unknown pickle opcode " + std::to_string(op));
+    }
+  }
+}
+
 // Checks the zip structure of a torch.save archive before LibTorch's reader sees it: LibTorch
 // 1.13's in-memory reader trusts the archive's lengths and offsets (a fuzzed file made it read
 // past its buffer) and allocates what an entry's header claims. torch.save writes "stored"
@@ -126,6 +196,8 @@ void validate_torch_zip(const std::vector<char>& bytes, const std::string& path)
       throw bad("entry '" + name + "': local header out of place");
     const uint64_t data = local + 30 + u16(local + 26) + u16(local + 28);
     if (data > cd_offset || usize > cd_offset - data) throw bad("entry '" + name + "' extends past its data area");
+    if (name.size() >= 9 && name.compare(name.size() - 9, 9, "/data.pkl") == 0)
+      check_pickle_lengths(bytes.data() + data, usize, bad);
     at = next;
   }
 }
