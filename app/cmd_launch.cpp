@@ -2,10 +2,7 @@
 // one machine. Each process gets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR and
 // MASTER_PORT; the first one to fail brings the others down (SIGTERM, then SIGKILL after a grace
 // period) and its exit status becomes the launcher's.
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,6 +15,7 @@
 #include <thread>
 
 #include "app/commands.h"
+#include "dist/comm.h"
 #include "util/common.h"
 
 namespace hd::cli {
@@ -28,24 +26,6 @@ std::vector<pid_t> g_children;
 extern "C" void forward_signal(int sig) {
   for (pid_t p : g_children)
     if (p > 0) ::kill(p, sig);
-}
-
-// A TCP port on the loopback interface that is free right now.
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) throw Error(std::string("launch: cannot open a socket: ") + std::strerror(errno));
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  socklen_t len = sizeof a;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-    ::close(fd);
-    throw Error(std::string("launch: cannot find a free port: ") + std::strerror(errno));
-  }
-  ::close(fd);
-  return ntohs(a.sin_port);
 }
 
 std::string describe(int status) {
@@ -85,7 +65,7 @@ void add_launch(CLI::App& app) {
     std::vector<std::string> args = o->command;
     if (args.empty()) throw Error("launch: no command given (hybrid-distill launch -n N -- COMMAND ...)");
     if (args.front() == "launch") throw Error("launch: the command cannot itself be 'launch'");
-    const int port = o->port > 0 ? o->port : free_port();
+    const int port = o->port > 0 ? o->port : dist::free_loopback_port();
 
     std::vector<std::string> argv_s{"hybrid-distill"};
     argv_s.insert(argv_s.end(), args.begin(), args.end());

@@ -52,9 +52,9 @@ c10::Device apply_runtime(const Runtime& rt) {
   }
   if (dev.is_cuda() && !torch::cuda::is_available())
     throw Error("--device " + rt.device + ": this build of LibTorch has no usable CUDA device");
-  const auto env = dist::env_from_environment();
-  if (dev.is_cuda() && !dev.has_index() && env.distributed()) {
-    // One GPU per local process.
+  if (!dev.is_cuda() || dev.has_index()) return dev;
+  // One GPU per local process.
+  if (const auto env = dist::env_from_environment(); env.distributed()) {
     if (env.local_rank >= static_cast<int64_t>(torch::cuda::device_count()))
       throw Error("LOCAL_RANK=" + std::to_string(env.local_rank) + " but only " +
                   std::to_string(torch::cuda::device_count()) + " CUDA device(s) are visible");

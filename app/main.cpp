@@ -1,11 +1,11 @@
 // hybrid-distill: command-line entry point.
-#include <cstdlib>
 #include <iostream>
 #include <string>
 
 #include <c10/util/Exception.h>
 
 #include "app/commands.h"
+#include "dist/comm.h"
 #include "util/common.h"
 
 int main(int argc, char** argv) {
@@ -33,8 +33,12 @@ int main(int argc, char** argv) {
   hd::cli::add_launch(app);
   // In a multi-process job every message says which process wrote it.
   std::string who = "hybrid-distill";
-  if (const char* ws = std::getenv("WORLD_SIZE"); ws && std::atoi(ws) > 1 && std::getenv("RANK"))
-    who += "[rank " + std::string(std::getenv("RANK")) + "]";
+  try {
+    if (const auto env = hd::dist::env_from_environment(); env.distributed())
+      who += "[rank " + std::to_string(env.rank) + "]";
+  } catch (const hd::Error&) {
+    // Malformed variables: the command itself reports them, if it is a multi-process one.
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -183,7 +183,7 @@ struct Stepper {
     std::vector<model::Taps> taps;
     for (size_t ti = 0; ti < d->teachers().size(); ++ti) {
       auto& m = d->teachers()[ti].model;
-      inputs.push_back(images.to(m->parameters().front().scalar_type()));
+      inputs.push_back(images.to(d->teachers()[ti].dtype));
       taps.push_back(m->forward_taps(inputs.back(), d->teacher_tap_spec(ti)));
     }
     d->compute_mask(inputs, taps, images.size(0), c10::nullopt);

@@ -34,28 +34,22 @@ if ((LONG)); then OUT=${OUT:-runs/long}; else OUT=${OUT:-runs/default}; fi
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
-ARCH=vit_mini_patch7_28
+# shellcheck source=scripts/stage.sh
+source "$ROOT/scripts/stage.sh"
 if ((LONG)); then
   MAE_OPTS=(-e 40 --lr 1.5e-3 --warmup-epochs 2)
   SUP_OPTS=(-e 30 --lr 1e-3 --warmup-epochs 2)
   DISTILL_EPOCHS=20 FT_EPOCHS=10 TRAIN_LIMIT=0
 else
-  # About 15 minutes on 2 cores: short schedules, so the supervised teacher trains with light
-  # regularisation (no crop, no drop path) and the highest stable learning rate.
-  MAE_OPTS=(-e 1 --lr 1.5e-3 --warmup-epochs 0.1)
-  SUP_OPTS=(-e 2 --max-steps 700 --lr 3e-3 --warmup-epochs 0.1 --scale-min 1 --drop-path 0)
+  # About 15 minutes on 2 cores (scripts/stage.sh: the teachers' short schedules).
+  MAE_OPTS=("${QUICK_MAE_OPTS[@]}")
+  SUP_OPTS=("${QUICK_SUP_OPTS[@]}")
   DISTILL_EPOCHS=1 FT_EPOCHS=0 TRAIN_LIMIT=10000
 fi
 COMMON=(-t "$THREADS")
 START=$SECONDS
 
-# shellcheck source=scripts/stage.sh
-source "$ROOT/scripts/stage.sh"
-
-stage teacher_mae 1 "$BIN" pretrain-mae -a "$ARCH" -b 128 "${MAE_OPTS[@]}" --checkpoint-every 200 "${COMMON[@]}"
-MAE=$STAGE_DIR/model.safetensors
-stage teacher_sup 1 "$BIN" train -a "$ARCH" -b 128 "${SUP_OPTS[@]}" --checkpoint-every 200 "${COMMON[@]}"
-SUP=$STAGE_DIR/model.safetensors
+train_teachers
 stage student_hybrid 1 "$BIN" distill -r "$ROOT/configs/fmnist_hybrid.yaml" --set "teachers.mim.checkpoint=$MAE" \
   --set "teachers.sup.checkpoint=$SUP" --set "train.epochs=$DISTILL_EPOCHS" "${COMMON[@]}"
 HYBRID=$STAGE_DIR/student.safetensors

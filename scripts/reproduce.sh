@@ -43,12 +43,9 @@ COMMON=(-t "$THREADS")
 source "$ROOT/scripts/stage.sh"
 
 # Teachers: the embedded default's (scripts/pipeline.sh), trained once.
-ARCH=vit_mini_patch7_28
-stage teacher_mae 1 "$BIN" pretrain-mae -a "$ARCH" -b 128 -e 1 --lr 1.5e-3 --warmup-epochs 0.1 --checkpoint-every 200 "${COMMON[@]}"
-MAE=$STAGE_DIR/model.safetensors
-stage teacher_sup 1 "$BIN" train -a "$ARCH" -b 128 -e 2 --max-steps 700 --lr 3e-3 --warmup-epochs 0.1 --scale-min 1 \
-  --drop-path 0 --checkpoint-every 200 "${COMMON[@]}"
-SUP=$STAGE_DIR/model.safetensors
+MAE_OPTS=("${QUICK_MAE_OPTS[@]}")
+SUP_OPTS=("${QUICK_SUP_OPTS[@]}")
+train_teachers
 HYB=$ROOT/configs/fmnist_hybrid.yaml SGL=$ROOT/configs/fmnist_single.yaml
 T_MIM=teachers.mim.checkpoint T_SUP=teachers.sup.checkpoint REL=teachers.mim.targets.0
 

@@ -1,6 +1,13 @@
 #include "dist/comm.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 
@@ -47,6 +54,17 @@ int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
 
 std::string seconds_text(std::chrono::milliseconds t) { return std::to_string(t.count() / 1000.0).substr(0, 6) + " s"; }
 
+// An exception's message without c10's backtrace.
+std::string short_message(const std::exception& e) {
+  std::string msg = e.what();
+  if (auto nl = msg.find("\nException raised from"); nl != std::string::npos) msg.resize(nl);
+  return msg;
+}
+
+std::string who(const Env& env) {
+  return "rank " + std::to_string(env.rank) + " of " + std::to_string(env.world_size) + ": ";
+}
+
 }  // namespace
 
 Env env_from_environment() {
@@ -64,6 +82,24 @@ Env env_from_environment() {
   return e;
 }
 
+int free_loopback_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) throw Error(std::string("cannot open a socket: ") + std::strerror(errno));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  socklen_t len = sizeof a;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    const std::string why = std::strerror(errno);
+    ::close(fd);
+    throw Error("cannot find a free port on 127.0.0.1: " + why);
+  }
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
 struct Pending {
   c10::intrusive_ptr<c10d::Work> work;
 };
@@ -79,14 +115,15 @@ Comm::Comm(Env env, c10::Device device, std::chrono::milliseconds timeout, std::
 Comm::~Comm() = default;
 
 void Comm::fail(const std::string& what, const std::exception& e) const {
-  std::string msg = e.what();
-  if (auto nl = msg.find("\nException raised from"); nl != std::string::npos) msg.resize(nl);  // c10's backtrace
-  throw Error("rank " + std::to_string(env_.rank) + " of " + std::to_string(env_.world_size) + ": " + what +
-              " failed (another rank exited, or none answered within " + seconds_text(timeout_) + "): " + msg);
+  throw Error(who(env_) + what + " failed (another rank exited, or none answered within " + seconds_text(timeout_) +
+              "): " + short_message(e));
 }
 
 std::shared_ptr<Comm> Comm::join(const Env& env, const c10::Device& device, std::chrono::milliseconds timeout) {
-  const std::string where = env.master_addr + ":" + std::to_string(env.port);
+  auto rendezvous_failed = [&](const std::string& detail) {
+    return Error(who(env) + "rendezvous at " + env.master_addr + ":" + std::to_string(env.port) +
+                 " (MASTER_ADDR:MASTER_PORT) failed within " + seconds_text(timeout) + detail);
+  };
   auto impl = std::make_unique<Impl>();
   try {
     c10d::TCPStoreOptions so;
@@ -98,10 +135,7 @@ std::shared_ptr<Comm> Comm::join(const Env& env, const c10::Device& device, std:
     auto tcp = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
     impl->store = c10::make_intrusive<c10d::PrefixStore>("hybrid-distill", tcp);
   } catch (const std::exception& e) {
-    std::string msg = e.what();
-    if (auto nl = msg.find("\nException raised from"); nl != std::string::npos) msg.resize(nl);
-    throw Error("rank " + std::to_string(env.rank) + " of " + std::to_string(env.world_size) + ": rendezvous at " +
-                where + " (MASTER_ADDR:MASTER_PORT) failed within " + seconds_text(timeout) + ": " + msg);
+    throw rendezvous_failed(": " + short_message(e));
   }
   try {
     if (device.is_cuda()) {
@@ -132,11 +166,7 @@ std::shared_ptr<Comm> Comm::join(const Env& env, const c10::Device& device, std:
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
-    std::string msg = e.what();
-    if (auto nl = msg.find("\nException raised from"); nl != std::string::npos) msg.resize(nl);
-    throw Error("rank " + std::to_string(env.rank) + " of " + std::to_string(env.world_size) + ": rendezvous at " +
-                where + " (MASTER_ADDR:MASTER_PORT) failed within " + seconds_text(timeout) +
-                " while connecting the process group: " + msg);
+    throw rendezvous_failed(" while connecting the process group: " + short_message(e));
   }
   return std::shared_ptr<Comm>(new Comm(env, device, timeout, std::move(impl)));
 }
@@ -154,7 +184,7 @@ void Comm::broadcast(std::vector<torch::Tensor>& tensors, int64_t root, const st
       c10d::BroadcastOptions o;
       o.rootRank = root;
       o.timeout = timeout_;
-      impl_->group->broadcast(buf, o)->wait();
+      impl_->group->broadcast(buf, o)->wait(timeout_);
     } catch (const std::exception& e) {
       fail(what, e);
     }
@@ -187,16 +217,6 @@ std::shared_ptr<Pending> Comm::allreduce_sum_async(torch::Tensor& t) {
 void Comm::wait(const std::shared_ptr<Pending>& p, const std::string& what) {
   try {
     p->work->wait(timeout_);
-  } catch (const std::exception& e) {
-    fail(what, e);
-  }
-}
-
-void Comm::barrier(const std::string& what) {
-  try {
-    c10d::BarrierOptions o;
-    o.timeout = timeout_;
-    impl_->group->barrier(o)->wait(timeout_);
   } catch (const std::exception& e) {
     fail(what, e);
   }
@@ -252,25 +272,26 @@ GradReducer::GradReducer(std::shared_ptr<Comm> comm, std::vector<torch::Tensor> 
     : state_(std::make_shared<State>()), params_(std::move(params)) {
   state_->comm = std::move(comm);
   state_->slots.resize(params_.size());
-  // Reverse registration order: the last layers' gradients come first in backward.
-  int64_t bytes = 0;
+  // Reverse registration order: the last layers' gradients come first in backward. A bucket is
+  // closed once it holds bucket_bytes or the dtype changes; its flat buffer is allocated after.
+  std::vector<torch::TensorOptions> options;
+  std::vector<int64_t> sizes;
   for (size_t k = params_.size(); k-- > 0;) {
     const auto& p = params_[k];
-    if (state_->buckets.empty() || bytes >= bucket_bytes ||
-        state_->buckets.back().flat.scalar_type() != p.scalar_type()) {
+    if (sizes.empty() || sizes.back() * static_cast<int64_t>(options.back().dtype().itemsize()) >= bucket_bytes ||
+        options.back().dtype() != p.dtype()) {
       state_->buckets.emplace_back();
-      state_->buckets.back().flat = torch::empty({0}, p.options().requires_grad(false));
-      bytes = 0;
+      options.push_back(p.options().requires_grad(false));
+      sizes.push_back(0);
     }
-    auto& b = state_->buckets.back();
     auto& s = state_->slots[k];
     s.bucket = state_->buckets.size() - 1;
-    s.offset = b.flat.numel();
+    s.offset = sizes.back();
     s.numel = p.numel();
-    b.params.push_back(k);
-    b.flat = torch::empty({s.offset + s.numel}, b.flat.options());
-    bytes += p.numel() * static_cast<int64_t>(p.element_size());
+    state_->buckets.back().params.push_back(k);
+    sizes.back() += s.numel;
   }
+  for (size_t b = 0; b < state_->buckets.size(); ++b) state_->buckets[b].flat = torch::empty({sizes[b]}, options[b]);
   std::weak_ptr<State> weak = state_;
   for (size_t k = 0; k < params_.size(); ++k)
     hooks_.push_back(params_[k].register_hook([weak, k](torch::Tensor g) {

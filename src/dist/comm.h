@@ -26,6 +26,9 @@ struct Env {
 // the variable when one is malformed, out of range, or missing while WORLD_SIZE > 1.
 Env env_from_environment();
 
+// A TCP port on the loopback interface that is free right now (for a local job's MASTER_PORT).
+int free_loopback_port();
+
 // An asynchronous collective in flight (opaque; see Comm::wait).
 struct Pending;
 
@@ -43,7 +46,6 @@ class Comm {
   int64_t rank() const { return env_.rank; }
   int64_t size() const { return env_.world_size; }
   bool is_main() const { return env_.rank == 0; }
-  const c10::Device& device() const { return device_; }
 
   // Collectives on contiguous tensors of the group's device, in place; `what` names the
   // operation in error messages. Every rank must issue the same collectives in the same order.
@@ -51,7 +53,6 @@ class Comm {
   void allreduce_sum(torch::Tensor& t, const std::string& what);
   std::shared_ptr<Pending> allreduce_sum_async(torch::Tensor& t);
   void wait(const std::shared_ptr<Pending>& p, const std::string& what);
-  void barrier(const std::string& what);
 
  private:
   struct Impl;

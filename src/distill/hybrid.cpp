@@ -27,6 +27,7 @@ std::vector<Teacher> load_teachers(const Recipe& recipe, const c10::Device& devi
     t.model->eval();
     for (auto& p : t.model->parameters()) p.set_requires_grad(false);
     t.model->to(device, dtype);
+    t.dtype = dtype;
     out.push_back(std::move(t));
   }
   return out;
@@ -204,8 +205,7 @@ DistillOutput HybridDistillerImpl::forward(const torch::Tensor& images, bool kee
     torch::NoGradGuard ng;
     for (size_t ti = 0; ti < teachers_.size(); ++ti) {
       // Each teacher sees its input in its own dtype (float32, or bf16 in bf16 runs).
-      const auto tdtype = teachers_[ti].model->parameters().front().scalar_type();
-      inputs.push_back(teacher_input(ti, images).to(tdtype));
+      inputs.push_back(teacher_input(ti, images).to(teachers_[ti].dtype));
       ttaps.push_back(teachers_[ti].model->forward_taps(inputs.back(), teacher_taps_[ti]));
     }
     out.keep = compute_mask(inputs, ttaps, B, gen);

@@ -20,6 +20,7 @@ namespace hd::distill {
 struct Teacher {
   TeacherSpec spec;
   model::VisionTransformer model{nullptr};
+  torch::ScalarType dtype = torch::kFloat;  // of its weights, and of the input it is given
 };
 
 // Loads every teacher of the recipe (frozen, eval mode) onto `device`, in `dtype` (float32, or

@@ -49,6 +49,13 @@ bool contains_bytes(const std::vector<char>& hay, const char* needle) {
   return std::search(hay.begin(), hay.end(), needle, needle + n) != hay.end();
 }
 
+// The unsigned little-endian integer of `bytes` bytes at `p` (zip fields, pickle arguments).
+uint64_t little_endian(const char* p, int bytes) {
+  uint64_t v = 0;
+  for (int i = bytes - 1; i >= 0; --i) v = v << 8 | static_cast<uint8_t>(p[i]);
+  return v;
+}
+
 // Walks the opcodes of a pickle (protocols 0-5) and checks that every length-prefixed argument
 // fits in what is left of it: LibTorch's unpickler allocates what a length claims before reading
 // (a 4-byte length of 0xffffffff made it reserve 4 GiB), and sizes its memo by the largest index
@@ -62,8 +69,7 @@ void check_pickle_lengths(const char* p, uint64_t n, const Bad& bad) {
   };
   auto le = [&](int bytes) {
     need(static_cast<uint64_t>(bytes), "an argument");
-    uint64_t v = 0;
-    for (int i = bytes - 1; i >= 0; --i) v = v << 8 | static_cast<uint8_t>(p[at + static_cast<uint64_t>(i)]);
+    const uint64_t v = little_endian(p + at, bytes);
     at += static_cast<uint64_t>(bytes);
     return v;
   };
@@ -129,12 +135,13 @@ void validate_torch_zip(const std::vector<char>& bytes, const std::string& path)
   auto bad = [&](const std::string& what) -> Error {
     return Error(path + ": not a valid torch.save zip archive: " + what);
   };
-  auto u16 = [&](uint64_t at) -> uint64_t {
-    if (at + 2 > size) throw bad("truncated");
-    return static_cast<uint8_t>(bytes[at]) | static_cast<uint64_t>(static_cast<uint8_t>(bytes[at + 1])) << 8;
+  auto field = [&](uint64_t at, int n) -> uint64_t {
+    if (at > size || static_cast<uint64_t>(n) > size - at) throw bad("truncated");
+    return little_endian(bytes.data() + at, n);
   };
-  auto u32 = [&](uint64_t at) -> uint64_t { return u16(at) | u16(at + 2) << 16; };
-  auto u64 = [&](uint64_t at) -> uint64_t { return u32(at) | u32(at + 4) << 32; };
+  auto u16 = [&](uint64_t at) { return field(at, 2); };
+  auto u32 = [&](uint64_t at) { return field(at, 4); };
+  auto u64 = [&](uint64_t at) { return field(at, 8); };
   // End of central directory: 22 bytes plus a comment that must end exactly at the end of file.
   if (size < 22) throw bad("too short for a zip archive");
   uint64_t eocd = size;

@@ -104,8 +104,8 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg_i
     if (!f) throw Error(cfg.run_dir + ": run folder is not writable: " + std::strerror(errno));
     std::fclose(f);
     std::remove(probe.c_str());
+    remove_stale_temporaries(cfg.run_dir);
   }
-  if (main_rank) remove_stale_temporaries(cfg.run_dir);
   const std::string ckpt_path = (fs::path(cfg.run_dir) / "checkpoint.safetensors").string();
   const std::string metrics_path = (fs::path(cfg.run_dir) / "metrics.jsonl").string();
   const std::string recipe_hash = hash_text(cfg.recipe_text);
@@ -277,8 +277,9 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg_i
   bool first_window = true;
   std::map<std::string, double> window_terms;
 
-  // Set from the signal flag once per step (with several ranks: from all ranks' flags, in the
-  // step's collective, so that every rank stops after the same step).
+  // Whether to stop after the current step: --stop-after, or a signal; with several ranks the
+  // signal flags of all ranks are combined in the step's collective, so that every rank stops
+  // after the same step.
   bool stop = false;
   while (pos.step < total) {
     loader.start_epoch(pos.epoch, pos.batch);
@@ -311,8 +312,6 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg_i
         for (size_t i = 0; i + 1 < values.size(); ++i) values[i] = acc[static_cast<int64_t>(i)] / world;
         stop = acc[static_cast<int64_t>(values.size()) - 1] > 0;
         values.pop_back();
-      } else {
-        stop = g_stop.load();
       }
       const double loss_v = values[0];
       if (!std::isfinite(loss_v)) {

@@ -4,9 +4,6 @@
 // The multi-process cases run this test binary again as the ranks (DistWorker.Main, selected by
 // HD_DIST_WORKER), each checking its own results with gtest.
 #include <gtest/gtest.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -26,18 +23,6 @@ using namespace hd::dist;
 
 namespace {
 
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
 std::string self_exe() {
   char buf[4096];
   ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
@@ -52,7 +37,7 @@ struct Outcome {
 // Runs `mode` as ranks 0..world-1 of one job (all at once) and returns each rank's exit code and
 // output, in rank order.
 std::vector<Outcome> run_ranks(const std::string& mode, int world) {
-  const int port = free_port();
+  const int port = free_loopback_port();
   std::vector<FILE*> pipes;
   for (int r = 0; r < world; ++r) {
     std::string cmd = "HD_DIST_WORKER=" + mode + " RANK=" + std::to_string(r) + " WORLD_SIZE=" + std::to_string(world) +
@@ -131,7 +116,7 @@ TEST(DistComm, RankThatNeverComesIsAnErrorNotAHang) {
   Env e;
   e.rank = 0;
   e.world_size = 2;
-  e.port = free_port();
+  e.port = free_loopback_port();
   auto t0 = std::chrono::steady_clock::now();
   auto msg = error_of([&] { Comm::join(e, torch::kCPU, std::chrono::milliseconds(1500)); });
   double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
