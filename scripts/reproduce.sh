@@ -14,7 +14,8 @@
 #     --steps N       distillation steps per run, batch 128 (default 234, half an epoch)
 #     --ft-steps N    fine-tuning steps per student, batch 128 (default 234; 0: no fine-tuning)
 #     --rows LIST     only these rows (names below)
-#     --update-docs   rewrite the generated part of docs/RESULTS.md from the results
+#     --update-docs   rewrite the generated part of docs/RESULTS.md from the results, and its
+#                     figures (docs/figures/reproduce_*.png)
 # Environment: HD_BIN (default: build/hybrid-distill).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,7 +30,7 @@ while (($#)); do
     --threads) THREADS=$2; shift ;;
     --rows) ONLY=$2; shift ;;
     --update-docs) UPDATE_DOCS=1 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "reproduce: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -120,3 +121,8 @@ echo "== total $((SECONDS - START)) s"
 ROWS_TEXT=$(printf '%s\n' "${ROWS[@]}")
 /usr/bin/python3 "$ROOT/scripts/results_table.py" "$OUT" "$SEEDS" "$STEPS" "$FT_STEPS" "$ROWS_TEXT" \
   $( ((UPDATE_DOCS)) && echo "$ROOT/docs/RESULTS.md")
+if ((UPDATE_DOCS)); then
+  mkdir -p "$ROOT/docs/figures"
+  for f in head_distance nmi; do cp "$OUT/compare/$f.png" "$ROOT/docs/figures/reproduce_$f.png"; done
+  echo "updated docs/figures/reproduce_{head_distance,nmi}.png"
+fi
