@@ -69,6 +69,7 @@ ROWS=(
   "layers_all|7|T'm at blocks 0-4|$HYB|$T_MIM=@MAE $T_SUP=@SUP $REL.layers=[0,1,2,3,4]"
   "tc_tc|3|Tc + T'c (both from the supervised teacher)|$HYB|$T_MIM=@SUP $T_SUP=@SUP"
   "tm_tm|3|Tm + T'm (both from the MAE teacher)|$HYB|$T_MIM=@MAE $T_SUP=@MAE"
+  "alpha_0.03|12|alpha = 0.03 (relation loss ≈ feature loss at step 0; not a paper row)|$HYB|$T_MIM=@MAE $T_SUP=@SUP $REL.weight=0.03"
   "alpha_0.1|12|alpha = 0.1|$HYB|$T_MIM=@MAE $T_SUP=@SUP $REL.weight=0.1"
   "alpha_0.3|12|alpha = 0.3|$HYB|$T_MIM=@MAE $T_SUP=@SUP $REL.weight=0.3"
   "alpha_0.7|12|alpha = 0.7|$HYB|$T_MIM=@MAE $T_SUP=@SUP $REL.weight=0.7"

@@ -31,7 +31,7 @@ GROUPS = [
       "layers_last": "T'm at block 4 (paper {11})"}),
     ("Table 8: token masking", ["mask_none", "mask_random", "hybrid"],
      {"hybrid": "progressive 70%³ (25%, 4 of 16; the hybrid)"}),
-    ("Table 12: α, the weight of T'm", ["tc", "alpha_0.1", "alpha_0.3", "alpha_0.7", "hybrid"],
+    ("Table 12: α, the weight of T'm", ["tc", "alpha_0.03", "alpha_0.1", "alpha_0.3", "alpha_0.7", "hybrid"],
      {"tc": "α = 0 (Tc only)", "hybrid": "α = 1.0 (the hybrid)"}),
 ]
 
