@@ -24,7 +24,7 @@ while (($#)); do
     --long) LONG=1 ;;
     --out) OUT=$2; shift ;;
     --threads) THREADS=$2; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;
     *) echo "pipeline: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift

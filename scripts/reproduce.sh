@@ -30,7 +30,7 @@ while (($#)); do
     --threads) THREADS=$2; shift ;;
     --rows) ONLY=$2; shift ;;
     --update-docs) UPDATE_DOCS=1 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;
     *) echo "reproduce: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift

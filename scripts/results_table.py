@@ -10,6 +10,7 @@ usage: results_table.py OUT SEEDS STEPS FT_STEPS ROWS_TEXT [RESULTS.md]
 import json
 import math
 import os
+import statistics
 import sys
 
 # Paper, Tables 3/5/7/8/12 (Mask R-CNN on COCO, AP^box), DeiT + MAE teachers.
@@ -112,8 +113,8 @@ def main():
             r = res.get(n)
             if r is None:
                 continue
-            secs = sorted(v for v in r["values"]["seconds"] if v is not None)
-            sec_txt = f"{secs[len(secs) // 2]:.0f}" if secs else "–"
+            secs = [v for v in r["values"]["seconds"] if v is not None]
+            sec_txt = f"{statistics.median(secs):.0f}" if secs else "–"
             lines.append(f"| {rename.get(n, labels[n])} | {fmt(r['knn'], seeds)} | {fmt(r['probe'], seeds)} | "
                          f"{fmt(r['finetune'], seeds)} | {sec_txt} | {PAPER.get(n, '–')} |")
         lines.append("")
