@@ -17,6 +17,7 @@
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 #include "train/inputs.h"
+#include "train/precision.h"
 #include "util/common.h"
 
 namespace fs = std::filesystem;
@@ -68,7 +69,7 @@ void add_analyze(CLI::App& app) {
   sub->add_option("-l,--layers", o->layers,
                   "blocks to draw attention maps for: auto (first, middle, last), all, none, or a list such as "
                   "0,5,9-11 (-1 = last)");
-  sub->add_option("-q,--queries", o->queries,
+  sub->add_option("--queries", o->queries,
                   "query patches of the attention maps: auto (centre and upper-left quarter cells), or a comma "
                   "list of row:col grid cells or row-major patch indices");
   sub->add_option("--map-images", o->map_images, "images to draw attention maps for (the first ones)")
@@ -76,7 +77,7 @@ void add_analyze(CLI::App& app) {
   sub->add_option("-j,--workers", o->workers, "data loader worker threads");
   sub->add_flag("--no-plots", o->no_plots, "write diagnostics.json and a report with the tables only (no gnuplot)");
   sub->add_option("-o,--out", o->out, "output folder")->required();
-  add_runtime_options(sub, o->rt);
+  add_model_runtime_options(sub, o->rt);
   sub->callback([o] {
     if (o->data.empty() == o->input.empty()) throw Error("analyze: give either --data or --input");
     if (!o->no_plots) analysis::check_gnuplot();
@@ -137,7 +138,12 @@ void add_analyze(CLI::App& app) {
 
     make_dir(o->out);
     Timer timer;
-    auto res = analysis::analyze(model, source, o->images, req, device);
+    analysis::AnalysisResult res;
+    {
+      // bf16: the model's matrix products under autocast; the diagnostics are computed in float32.
+      train::AutocastScope autocast(device, precision_of(o->rt, device) == train::Precision::BF16);
+      res = analysis::analyze(model, source, o->images, req, device);
+    }
     const double secs = timer.seconds();
     auto mi = analysis::model_info(cfg, o->checkpoint);
     const auto& d = res.diagnostics;

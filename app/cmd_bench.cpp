@@ -34,10 +34,12 @@ double time_per_iter(F&& fn, int warmup, int iters) {
   return t.seconds() / iters;
 }
 
-nlohmann::json run_python(const model::ViTConfig& c, int64_t batch, int threads, int warmup, int iters) {
+nlohmann::json run_python(const model::ViTConfig& c, int64_t batch, int threads, int warmup, int iters,
+                          train::Precision precision) {
   std::string cmd = "/usr/bin/python3 '" + source_dir() + "/bench/vit_reference.py' --config '" + c.to_json() +
                     "' --batch " + std::to_string(batch) + " --threads " + std::to_string(threads) +
-                    " --warmup " + std::to_string(warmup) + " --iters " + std::to_string(iters) + " 2>/dev/null";
+                    " --warmup " + std::to_string(warmup) + " --iters " + std::to_string(iters) +
+                    " --precision " + train::to_string(precision) + " 2>/dev/null";
   std::unique_ptr<FILE, int (*)(FILE*)> p(popen(cmd.c_str(), "r"), pclose);
   if (!p) return nullptr;
   std::string out;
@@ -68,12 +70,15 @@ void add_bench(CLI::App& app) {
   sub->add_option("-w,--warmup", o->warmup, "untimed warm-up steps");
   sub->add_option("-n,--iters", o->iters, "timed steps")->check(CLI::PositiveNumber);
   sub->add_flag("--no-python", o->no_python, "skip the Python PyTorch reference");
-  add_runtime_options(sub, o->rt);
+  add_model_runtime_options(sub, o->rt);
   sub->callback([o] {
     auto device = apply_runtime(o->rt);
+    const auto precision = precision_of(o->rt, device);
+    const bool bf16 = precision == train::Precision::BF16;
     int threads = torch::get_num_threads();
-    std::printf("hybrid-distill bench: LibTorch %s, %d threads, device %s, batch %ld, fp32\n", TORCH_VERSION, threads,
-                device.str().c_str(), (long)o->batch);
+    std::printf("hybrid-distill bench: LibTorch %s, %d threads, device %s, batch %ld, %s%s\n", TORCH_VERSION, threads,
+                device.str().c_str(), (long)o->batch, train::to_string(precision).c_str(),
+                bf16 ? " (autocast, fp32 weights)" : "");
     // libgomp reads its wait policy once, at load: unset means worker threads spin after each
     // parallel region (and the OpenBLAS pool spins too), which on cores shared with other work
     // costs more than the kernels: OMP_WAIT_POLICY=passive measured ~3x faster at 2 threads on a
@@ -95,6 +100,7 @@ void add_bench(CLI::App& app) {
       double t_fwd = time_per_iter(
           [&] {
             torch::NoGradGuard ng;
+            train::AutocastScope autocast(device, bf16);
             m->forward(x);
             sync();
           },
@@ -106,12 +112,17 @@ void add_bench(CLI::App& app) {
             // zero_grad() fills every gradient with zeros and backward then accumulates into
             // them (fill_ + add_ per parameter) instead of taking over the fresh buffers.
             m->zero_grad(/*set_to_none=*/true);
-            m->forward(x).pow(2).mean().backward();
+            torch::Tensor y;
+            {
+              train::AutocastScope autocast(device, bf16);
+              y = m->forward(x);
+            }
+            y.to(torch::kFloat).pow(2).mean().backward();
             sync();
           },
           o->warmup, o->iters);
       nlohmann::json py = nullptr;
-      if (!o->no_python && device.is_cpu()) py = run_python(cfg, o->batch, threads, o->warmup, o->iters);
+      if (!o->no_python && device.is_cpu()) py = run_python(cfg, o->batch, threads, o->warmup, o->iters, precision);
       double flops = forward_flops(cfg);
       auto row = [&](const char* pass, double t, double mult, const char* pykey) {
         double ips = o->batch / t;

@@ -25,8 +25,7 @@ distill::HybridDistiller build_distiller(const distill::Recipe& r, const c10::De
                                          train::Precision precision = train::Precision::FP32) {
   torch::manual_seed(r.seed);
   model::VisionTransformer student(r.student);
-  // bf16 runs: teachers infer in bf16 (their targets are compared in fp32).
-  auto teachers = distill::load_teachers(r, device, precision == train::Precision::BF16 ? torch::kBFloat16 : torch::kFloat);
+  auto teachers = distill::load_teachers(r, device, train::inference_dtype(precision));
   distill::HybridDistiller d(r, student, std::move(teachers));
   d->to(device);
   return d;
@@ -98,11 +97,13 @@ void add_distill(CLI::App& app) {
   dump->add_option("--set", d->set, "override a recipe key, KEY=VALUE (repeatable)");
   dump->add_option("-i,--input", d->input, ".safetensors with `images` normalised for the student")->required();
   dump->add_option("-o,--out", d->out, "output .safetensors")->required();
-  add_runtime_options(dump, d->rt);
+  d->rt.precision = "fp32";  // a reproducible look at one step: exact unless bf16 is asked for
+  add_model_runtime_options(dump, d->rt);
   dump->callback([d] {
     auto device = apply_runtime(d->rt);
+    const auto precision = precision_of(d->rt, device);
     auto r = distill::load_recipe(d->recipe, d->set);
-    auto dist = build_distiller(r, device);
+    auto dist = build_distiller(r, device, precision);
     auto in = io::SafeTensorsFile::open(d->input);
     if (!in.contains("images")) throw Error(d->input + ": no tensor named 'images'");
     auto images = in.load("images");
@@ -113,14 +114,18 @@ void add_distill(CLI::App& app) {
                   std::to_string(c.img_size) + "," + std::to_string(c.img_size) + "]");
     dist->eval();  // no augmentation, no drop path: a reproducible look at one step
     torch::manual_seed(r.seed);
-    auto out = dist->forward(images.to(device), /*keep_tensors=*/true);
+    distill::DistillOutput out;
+    {
+      train::AutocastScope autocast(device, precision == train::Precision::BF16);
+      out = dist->forward(images.to(device), /*keep_tensors=*/true);
+    }
     std::vector<std::pair<std::string, torch::Tensor>> tensors;
     tensors.emplace_back("mask.keep", out.keep.cpu());
     for (auto& [k, v] : out.targets) tensors.emplace_back("target." + k, v.detach().cpu().contiguous());
     for (auto& [k, v] : out.preds) tensors.emplace_back("pred." + k, v.detach().cpu().contiguous());
     for (auto& [k, v] : out.terms) tensors.emplace_back("loss." + k, v.detach().cpu());
     tensors.emplace_back("loss.total", out.loss.detach().cpu());
-    io::save_safetensors(d->out, tensors, {{"recipe", r.name}});
+    io::save_safetensors(d->out, tensors, {{"recipe", r.name}, {"precision", train::to_string(precision)}});
     std::printf("%s: kept %ld of %ld patches; loss %.6f over %zu terms; wrote %s\n", d->input.c_str(),
                 (long)out.keep.size(1), (long)c.num_patches(), out.loss.item<double>(), out.terms.size(), d->out.c_str());
   });

@@ -43,7 +43,7 @@ void add_eval_options(CLI::App* sub, EvalOpts& o) {
   sub->add_option("-j,--workers", o.workers, "loader threads");
   sub->add_option("-s,--seed", o.seed, "seed (subsets, probe)");
   sub->add_flag("-q,--quiet", o.quiet, "no progress output");
-  add_runtime_options(sub, o.rt);
+  add_model_runtime_options(sub, o.rt);
 }
 
 struct Features {
@@ -55,6 +55,7 @@ struct Features {
 Features features(const EvalOpts& o, const c10::Device& device) {
   Features f;
   auto pool = train::parse_pool(o.pool);
+  const auto precision = precision_of(o.rt, device);
   model::VisionTransformer m{nullptr};
   auto one = [&](const std::string& split, int64_t limit, train::FeatureSet& out) {
     auto ds = data::open_dataset(o.data, split);
@@ -65,7 +66,7 @@ Features features(const EvalOpts& o, const c10::Device& device) {
       key = abs + "|" + std::to_string(fs::file_size(o.checkpoint)) + "|" +
             std::to_string(fs::last_write_time(o.checkpoint).time_since_epoch().count()) + "|" + o.arch + "|" +
             o.data + "|" + split + "|" + std::to_string(limit) + "|" + o.pool + "|" + std::to_string(o.seed) + "|" +
-            HD_VERSION;
+            train::to_string(precision) + "|" + HD_VERSION;
       char name[32];
       std::snprintf(name, sizeof name, "%016zx", std::hash<std::string>{}(key));
       fs::create_directories(o.cache);
@@ -78,7 +79,11 @@ Features features(const EvalOpts& o, const c10::Device& device) {
     lc.shuffle = limit > 0;  // a subset: a fixed random one, not the first images of the file
     data::DataLoader loader(ds, lc);
     Timer t;
-    out = train::extract_features(m, loader, pool, device, limit);
+    {
+      // bf16: the encoder's matrix products under autocast; features are returned in float32.
+      train::AutocastScope autocast(device, precision == train::Precision::BF16);
+      out = train::extract_features(m, loader, pool, device, limit);
+    }
     if (!o.quiet)
       std::printf("features of %ld %s images in %.1f s (%.0f img/s)\n", (long)out.labels.size(0), ds->name().c_str(),
                   t.seconds(), out.labels.size(0) / std::max(t.seconds(), 1e-9));

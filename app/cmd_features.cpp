@@ -31,9 +31,11 @@ void add_features(CLI::App& app) {
   sub->add_option("-l,--layers", o->layers, "blocks to tap: all, none, or a list such as 0,5,9-11 (-1 = last)");
   sub->add_flag("--no-attn", o->no_attn, "skip the [B,H,N,N] relation/attn tensors (they dominate the file size)");
   sub->add_option("-b,--batch", o->batch, "images per forward pass (bounds memory)")->check(CLI::PositiveNumber);
-  add_runtime_options(sub, o->rt);
+  o->rt.precision = "fp32";  // parity dumps: exact unless bf16 is asked for
+  add_model_runtime_options(sub, o->rt);
   sub->callback([o] {
     auto device = apply_runtime(o->rt);
+    const auto precision = precision_of(o->rt, device);
     Timer timer;
     auto model = model::load_model(o->checkpoint, o->arch);
     model->eval();
@@ -73,10 +75,16 @@ void add_features(CLI::App& app) {
     const int64_t B = images.size(0);
     for (int64_t s = 0; s < B; s += o->batch) {
       auto x = images.slice(0, s, std::min(B, s + o->batch)).to(device);
-      auto taps = model->forward_taps(x, spec);
-      parts["features"].push_back(taps.features.cpu());
+      model::Taps taps;
+      {
+        train::AutocastScope autocast(device, precision == train::Precision::BF16);
+        taps = model->forward_taps(x, spec);
+      }
+      // Written as float32 whatever the precision of the forward (bf16 -> fp32 is exact).
+      auto cpu = [](const torch::Tensor& t) { return t.to(torch::kCPU, torch::kFloat); };
+      parts["features"].push_back(cpu(taps.features));
       auto put = [&](const char* kind, const std::map<int64_t, torch::Tensor>& m) {
-        for (const auto& [l, t] : m) parts[std::string(kind) + "." + std::to_string(l)].push_back(t.cpu());
+        for (const auto& [l, t] : m) parts[std::string(kind) + "." + std::to_string(l)].push_back(cpu(t));
       };
       put("block", taps.block);
       put("msa", taps.msa);
@@ -92,7 +100,9 @@ void add_features(CLI::App& app) {
         if (parts.count(key)) out.emplace_back(key, torch::cat(parts[key], 0));
       }
     io::save_safetensors(o->out, out,
-                         {{"checkpoint", o->checkpoint}, {model::kConfigMetaKey, cfg.to_json()}});
+                         {{"checkpoint", o->checkpoint},
+                          {model::kConfigMetaKey, cfg.to_json()},
+                          {"precision", train::to_string(precision)}});
     std::printf("%s: %ld images through %s in %.3f s (load %.3f s); wrote %zu tensors to %s\n", o->input.c_str(),
                 (long)B, cfg.name.c_str(), t_fwd, t_load, out.size(), o->out.c_str());
   });

@@ -76,11 +76,16 @@ void run_classifier(const ClassifierOpts& o, bool finetune) {
   auto el = model_loader(cfg, false, o.t.batch, o.t.workers, 0);
   el.shuffle = o.eval_limit > 0;  // a subset: a fixed random one
   data::DataLoader eval_loader(test, el);
-  double acc = train::evaluate_top1(task.model(), eval_loader, device, o.eval_limit);
+  double acc = 0;
+  {
+    train::AutocastScope autocast(device, tc.precision == train::Precision::BF16);
+    acc = train::evaluate_top1(task.model(), eval_loader, device, o.eval_limit);
+  }
   const int64_t n_eval = o.eval_limit > 0 ? std::min<int64_t>(o.eval_limit, test->size()) : test->size();
   nlohmann::json j = {{"task", finetune ? "finetune" : "train"}, {"top1", acc}, {"data", o.t.data},
                       {"eval_split", o.eval_split}, {"images", n_eval}, {"steps", res.steps},
-                      {"seconds", res.seconds}, {"model", cfg.name}, {"final_loss", res.last_loss}};
+                      {"seconds", res.seconds}, {"model", cfg.name}, {"final_loss", res.last_loss},
+                      {"precision", train::to_string(tc.precision)}};
   if (finetune) j["checkpoint"] = o.checkpoint;
   write_result(o.t.out, j);
   std::printf("%s: top-1 %.2f%% on %s (%ld images); model: %s/model.safetensors\n", finetune ? "finetune" : "train",

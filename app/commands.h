@@ -34,13 +34,19 @@ void add_launch(CLI::App& app);    // N local processes of one data-parallel job
 struct Runtime {
   int threads = 0;             // 0: all hardware threads
   std::string device = "cpu";  // cpu | cuda | cuda:N
-  // Training commands only (add_training_runtime_options):
+  // Commands that run a model (add_model_runtime_options):
   std::string precision = "auto";  // fp32 | bf16 | auto
+  // Training commands only (add_training_runtime_options):
   double dist_timeout = 300;       // seconds a collective may wait for the other ranks
 };
+// -t/--threads and --device.
 void add_runtime_options(CLI::App* sub, Runtime& rt);
-// add_runtime_options plus --precision and --dist-timeout.
+// add_runtime_options plus --precision: every command that runs a model.
+void add_model_runtime_options(CLI::App* sub, Runtime& rt);
+// add_model_runtime_options plus --dist-timeout.
 void add_training_runtime_options(CLI::App* sub, Runtime& rt);
+// --precision resolved for `device` (auto: bf16 on CUDA and on CPUs with native bf16).
+train::Precision precision_of(const Runtime& rt, const c10::Device& device);
 // Applies the thread count and resolves the device (hd::Error if CUDA is asked for but absent).
 // With WORLD_SIZE > 1 in the environment, cuda means cuda:LOCAL_RANK.
 c10::Device apply_runtime(const Runtime& rt);

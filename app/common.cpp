@@ -17,16 +17,26 @@ void add_runtime_options(CLI::App* sub, Runtime& rt) {
   sub->add_option("--device", rt.device, "cpu, cuda or cuda:N");
 }
 
-void add_training_runtime_options(CLI::App* sub, Runtime& rt) {
+void add_model_runtime_options(CLI::App* sub, Runtime& rt) {
   add_runtime_options(sub, rt);
   sub->add_option("--precision", rt.precision,
-                  "fp32, bf16 (autocast, fp32 master weights) or auto (bf16 on CUDA and on CPUs with native bf16)");
+                  "fp32, bf16 (autocast; trained models keep fp32 master weights, frozen ones run in bf16) or auto "
+                  "(bf16 on CUDA and on CPUs with native bf16)")
+      ->capture_default_str();
+}
+
+void add_training_runtime_options(CLI::App* sub, Runtime& rt) {
+  add_model_runtime_options(sub, rt);
   sub->add_option("--dist-timeout", rt.dist_timeout,
                   "multi-process runs: seconds to wait for the other ranks before failing");
 }
 
+train::Precision precision_of(const Runtime& rt, const c10::Device& device) {
+  return train::parse_precision(rt.precision, device);
+}
+
 bool setup_training(const Runtime& rt, train::TrainConfig& tc, data::LoaderConfig& lc) {
-  tc.precision = train::parse_precision(rt.precision, tc.device);
+  tc.precision = precision_of(rt, tc.device);
   lc.pin_memory = tc.device.is_cuda();
   const auto env = dist::env_from_environment();
   if (!env.distributed()) return true;

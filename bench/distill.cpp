@@ -42,11 +42,13 @@
 #include "distill/hybrid.h"
 #include "distill/masking.h"
 #include "distill/recipe.h"
+#include "distill/task.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 #include "model/vit.h"
 #include "train/optim.h"
 #include "train/precision.h"
+#include "train/step.h"
 #include "util/common.h"
 
 namespace fs = std::filesystem;
@@ -123,57 +125,38 @@ std::string recipe_text(const Opts& o, const std::string& dir, bool hybrid, cons
   return t;
 }
 
-// One distillation step set up exactly as the trainer does it (AdamW over every trainable
-// parameter of the distiller with its decay groups, grad clipping, set-to-none zero_grad).
+// One distillation step: the trainer's own step (train::TrainStep: autocast forward and loss,
+// backward, grad clipping, AdamW over every trainable parameter of the distiller with its decay
+// groups) on a DistillTask, as `hybrid-distill distill` runs it per batch.
 struct Stepper {
-  distill::HybridDistiller d{nullptr};
-  std::unique_ptr<train::AdamW> opt;
-  std::vector<torch::Tensor> plist;
-  double lr = 1e-3, clip = 3.0;
-
-  bool bf16 = false;
+  std::unique_ptr<distill::DistillTask> task;
+  std::unique_ptr<train::TrainStep> step_;
+  double lr = 1e-3;
+  int64_t steps = 0;
   // Seconds of the last step's phases: forward (teachers, mask, student, loss), backward, clip + AdamW.
   double t_fwd = 0, t_bwd = 0, t_opt = 0;
 
-  Stepper(const distill::Recipe& r, const std::string& student_ckpt, double lr_, bool bf16_)
-      : lr(lr_), clip(r.optim.clip_grad), bf16(bf16_) {
+  Stepper(const distill::Recipe& r, const std::string& student_ckpt, double lr_, train::Precision precision)
+      : lr(lr_) {
     auto student = model::load_model(student_ckpt);
-    student->train();
-    d = distill::HybridDistiller(r, student,
-                                 distill::load_teachers(r, torch::kCPU, bf16 ? torch::kBFloat16 : torch::kFloat));
-    d->train();
-    std::vector<train::AdamW::Param> ps;
-    for (auto& p : d->named_parameters()) {
-      if (!p.value().requires_grad()) continue;
-      ps.push_back({p.key(), p.value(), d->decays(p.key(), p.value())});
-      plist.push_back(p.value());
-    }
-    train::AdamWConfig ac;
-    ac.lr = lr;
-    ac.beta1 = r.optim.beta1;
-    ac.beta2 = r.optim.beta2;
-    ac.eps = r.optim.eps;
-    ac.weight_decay = r.optim.weight_decay;
-    opt = std::make_unique<train::AdamW>(ps, ac);
+    task = std::make_unique<distill::DistillTask>(
+        distill::HybridDistiller(r, student, distill::load_teachers(r, torch::kCPU, train::inference_dtype(precision))));
+    // The recipe's optimiser settings as `distill` derives them; the benchmark's fixed rate.
+    auto tc = distill::train_config(r, "");
+    tc.lr = lr;
+    tc.precision = precision;
+    step_ = std::make_unique<train::TrainStep>(*task, train::step_config(tc));
   }
+  distill::HybridDistiller& d() { return task->distiller(); }
   double step(const torch::Tensor& images) {
-    Timer t;
-    distill::DistillOutput out;
-    {
-      train::AutocastScope autocast(torch::kCPU, bf16);
-      out = d->forward(images);
-    }
-    double loss = out.loss.item<double>();
-    t_fwd = t.seconds();
-    t.reset();
-    opt->zero_grad();
-    out.loss.backward();
-    t_bwd = t.seconds();
-    t.reset();
-    if (clip > 0) train::clip_grad_norm(plist, clip);
-    opt->step(lr);
-    t_opt = t.seconds();
-    return loss;
+    data::Batch b;
+    b.images = images;
+    b.labels = torch::zeros({images.size(0)}, torch::kLong);
+    auto s = step_->run(b, lr, steps++);
+    t_fwd = s.t_forward;
+    t_bwd = s.t_backward;
+    t_opt = s.t_optimizer;
+    return s.loss;
   }
   // The teachers' part of the forward (full image, the recipe's layers, mask), timed alone.
   double teachers_seconds(const torch::Tensor& images) {
@@ -181,18 +164,19 @@ struct Stepper {
     torch::NoGradGuard ng;
     std::vector<torch::Tensor> inputs;
     std::vector<model::Taps> taps;
-    for (size_t ti = 0; ti < d->teachers().size(); ++ti) {
-      auto& m = d->teachers()[ti].model;
-      inputs.push_back(images.to(d->teachers()[ti].dtype));
-      taps.push_back(m->forward_taps(inputs.back(), d->teacher_tap_spec(ti)));
+    auto& dd = d();
+    for (size_t ti = 0; ti < dd->teachers().size(); ++ti) {
+      auto& m = dd->teachers()[ti].model;
+      inputs.push_back(images.to(dd->teachers()[ti].dtype));
+      taps.push_back(m->forward_taps(inputs.back(), dd->teacher_tap_spec(ti)));
     }
-    d->compute_mask(inputs, taps, images.size(0), c10::nullopt);
+    dd->compute_mask(inputs, taps, images.size(0), c10::nullopt);
     return t.seconds();
   }
   // Trainable tensors with their distiller names (student.*, proj_*), for the Python side.
   std::vector<std::pair<std::string, torch::Tensor>> trainables() {
     std::vector<std::pair<std::string, torch::Tensor>> out;
-    for (auto& p : d->named_parameters())
+    for (auto& p : d()->named_parameters())
       if (p.value().requires_grad()) out.emplace_back(p.key(), p.value().detach().clone());
     return out;
   }
@@ -310,8 +294,9 @@ int main(int argc, char** argv) {
       l.backward();
     };
     // (b) Full steps. The first two losses (before / after one update) are the check against Python.
-    Stepper hybrid(hybrid_recipe, dir + "/student.safetensors", o.lr, o.bf16);
-    Stepper single(single_recipe, dir + "/student.safetensors", o.lr, o.bf16);
+    const auto precision = o.bf16 ? train::Precision::BF16 : train::Precision::FP32;
+    Stepper hybrid(hybrid_recipe, dir + "/student.safetensors", o.lr, precision);
+    Stepper single(single_recipe, dir + "/student.safetensors", o.lr, precision);
     io::save_safetensors(dir + "/hybrid_trainable.safetensors", hybrid.trainables());
     io::save_safetensors(dir + "/single_trainable.safetensors", single.trainables());
     const double hl0 = hybrid.step(images), hl1 = hybrid.step(images);

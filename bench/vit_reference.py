@@ -107,7 +107,9 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     a = ap.parse_args()
+    bf16 = a.precision == "bf16"
     torch.set_num_threads(a.threads)
     c = json.loads(a.config)
     torch.manual_seed(0)
@@ -116,7 +118,7 @@ def main():
     m.eval()
 
     def fwd():
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             m(x)
 
     t_fwd = timed(fwd, a.warmup, a.iters)
@@ -126,7 +128,9 @@ def main():
     def train():
         for p in opt_params:
             p.grad = None
-        m(x).float().pow(2).mean().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = m(x)
+        y.float().pow(2).mean().backward()
 
     t_train = timed(train, a.warmup, a.iters)
     print(json.dumps({"forward_ips": a.batch / t_fwd, "train_ips": a.batch / t_train,

@@ -116,6 +116,9 @@ AnalysisResult analyze(model::VisionTransformer& model, const BatchSource& next,
     if (max_images > 0 && done + x.size(0) > max_images) x = x.narrow(0, 0, max_images - done);
     if (x.size(0) == 0) continue;
     auto taps = model->forward_taps(x.to(device, torch::kFloat), spec);
+    // Under bf16 autocast the attention comes out in bf16; the metrics are sums of many small
+    // probabilities, computed in float32.
+    for (auto& [l, a] : taps.attn) a = a.to(torch::kFloat);
     for (auto l : layers) acc.add(l, taps.attn.at(l));
 
     if (want_maps && mapped < request.images) {

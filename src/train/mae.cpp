@@ -83,11 +83,14 @@ MaeOutput MaskedAutoencoderImpl::forward(const torch::Tensor& images, torch::Ten
   auto x = torch::linear(latent, decoder_embed->weight, decoder_embed->bias);
   const int64_t Dd = x.size(2);
   auto idx = keep.unsqueeze(-1).expand({B, keep.size(1), Dd});
-  auto full = mask_token.expand({B, P, Dd}).scatter(1, idx, x.slice(1, prefix));
+  // Under bf16 autocast the projected tokens are bf16 while the mask token is an fp32 parameter:
+  // scatter needs one dtype, and the decoder input takes the projection's.
+  auto full = mask_token.to(x.scalar_type()).expand({B, P, Dd}).scatter(1, idx, x.slice(1, prefix));
   x = torch::cat({x.slice(1, 0, prefix), full}, 1) + decoder_pos_embed;
   for (auto& b : *decoder_blocks) x = b->as<model::BlockImpl>()->forward(x);
   x = decoder_norm(x);
-  auto pred = torch::linear(x, decoder_pred->weight, decoder_pred->bias).slice(1, prefix);  // [B,P,p*p*C]
+  // The reconstruction loss in fp32 whatever the autocast dtype of the decoder.
+  auto pred = torch::linear(x, decoder_pred->weight, decoder_pred->bias).slice(1, prefix).to(torch::kFloat);  // [B,P,p*p*C]
 
   auto target = patchify(images, ec.patch_size);
   if (cfg_.norm_pix_loss) {

@@ -17,6 +17,8 @@ namespace hd::train {
 
 std::string to_string(Precision p) { return p == Precision::BF16 ? "bf16" : "fp32"; }
 
+c10::ScalarType inference_dtype(Precision p) { return p == Precision::BF16 ? c10::kBFloat16 : c10::kFloat; }
+
 bool cpu_has_native_bf16() {
   std::ifstream in("/proc/cpuinfo");
   for (std::string line; std::getline(in, line);) {

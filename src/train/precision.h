@@ -6,6 +6,7 @@
 #include <string>
 
 #include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
 
 namespace hd::train {
 
@@ -20,6 +21,10 @@ bool cpu_has_native_bf16();
 // "fp32", "bf16" or "auto" (bf16 on CUDA and on CPUs with native bf16, fp32 otherwise).
 // hd::Error naming the option for anything else.
 Precision parse_precision(const std::string& text, const c10::Device& device);
+
+// The dtype frozen teachers (and other inference-only models) hold their weights in: bf16 runs
+// keep teachers entirely in bf16 (their targets are compared in fp32), fp32 runs in fp32.
+c10::ScalarType inference_dtype(Precision p);
 
 // Autocast to bf16 on `device` for the scope's lifetime (nothing when !enabled); the cast cache
 // is cleared on exit, as torch.autocast does.

@@ -1,6 +1,8 @@
 // The one training loop: distillation, pre-training, fine-tuning and probing all run through it.
-// It owns the optimiser, schedule, clipping, logging (progress line + metrics.jsonl), atomic
-// checkpoints, resume and signal handling; a Task supplies the model and the loss of a batch.
+// Around the step (train/step.h: forward, loss, backward, clipping, AdamW) it owns the run
+// folder, resume, the rank sync of multi-process runs, the schedule, logging (progress line +
+// metrics.jsonl), atomic checkpoints and signal handling; a Task supplies the model and the loss
+// of a batch.
 #pragma once
 
 #include <cstdint>
@@ -15,29 +17,13 @@
 #include "data/loader.h"
 #include "train/optim.h"
 #include "train/precision.h"
+#include "train/step.h"
 
 namespace hd::dist {
 class Comm;
 }
 
 namespace hd::train {
-
-using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
-
-class Task {
- public:
-  virtual ~Task() = default;
-  // The trainable module (its named parameters are optimised and checkpointed).
-  virtual torch::nn::Module& module() = 0;
-  // Whether the named parameter takes weight decay.
-  virtual bool decays(const std::string& name, const torch::Tensor& p) const = 0;
-  // Learning-rate multiplier of the named parameter (layer-wise lr decay when fine-tuning).
-  virtual double lr_scale(const std::string& /*name*/) const { return 1.0; }
-  // Loss of one batch (already on the device); `terms` receives named scalar parts for logging.
-  virtual torch::Tensor loss(const data::Batch& batch, NamedTensors& terms) = 0;
-  // Writes the final artefacts (e.g. the student alone) into the run folder.
-  virtual void save_final(const std::string& run_dir) = 0;
-};
 
 struct TrainConfig {
   std::string run_dir;
@@ -70,6 +56,9 @@ struct TrainConfig {
   // the global batch.
   std::shared_ptr<dist::Comm> comm;
 };
+
+// The step's settings of a run.
+StepConfig step_config(const TrainConfig& cfg);
 
 struct TrainResult {
   int64_t steps = 0;

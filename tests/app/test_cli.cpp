@@ -104,7 +104,7 @@ TEST(Cli, DistillAndDumpStep) {
          "masking: {strategy: progressive, teacher: mim}\n"
          "data: {augment: false, workers: 1}\ntrain: {batch: 16, log_every: 2}\n";
   }
-  auto r = run("distill -r " + dir + "/r.yaml -o " + dir + "/run --max-steps 4 -t 2");
+  auto r = run("distill --precision fp32 -r " + dir + "/r.yaml -o " + dir + "/run --max-steps 4 -t 2");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_TRUE(contains(r.out, "mim.relation.3")) << r.out;
   for (const char* f : {"student.safetensors", "checkpoint.safetensors", "metrics.jsonl", "recipe.yaml"})
@@ -113,13 +113,13 @@ TEST(Cli, DistillAndDumpStep) {
   EXPECT_FALSE(student.contains("head.weight"));
   for (const auto& t : student.tensors()) EXPECT_EQ(t.name.rfind("dec_", 0), std::string::npos) << t.name;
   // A used run folder is not overwritten by accident.
-  r = run("distill -r " + dir + "/r.yaml -o " + dir + "/run --max-steps 4");
+  r = run("distill --precision fp32 -r " + dir + "/r.yaml -o " + dir + "/run --max-steps 4");
   EXPECT_EQ(r.code, 1);
   EXPECT_TRUE(contains(r.out, "--resume")) << r.out;
 
   // SIGTERM (handled as SIGINT) mid-run: checkpoint saved, clean exit. (A background job of a
   // non-interactive shell starts with SIGINT ignored, so SIGTERM is the signal a test can send.)
-  r = run("distill -r " + dir + "/r.yaml -o " + dir + "/int --max-steps 3000 -t 1 & P=$!; sleep 12; kill -TERM $P; wait $P");
+  r = run("distill --precision fp32 -r " + dir + "/r.yaml -o " + dir + "/int --max-steps 3000 -t 1 & P=$!; sleep 12; kill -TERM $P; wait $P");
   EXPECT_EQ(r.code, 0) << r.out;
   EXPECT_TRUE(contains(r.out, "interrupted: checkpoint saved")) << r.out;
   ASSERT_TRUE(fs::exists(dir + "/int/checkpoint.safetensors"));
@@ -129,7 +129,7 @@ TEST(Cli, DistillAndDumpStep) {
 
   torch::manual_seed(0);
   io::save_safetensors(dir + "/x.safetensors", {{"images", torch::randn({2, 1, 28, 28})}});
-  r = run("dump-step -r " + dir + "/r.yaml -i " + dir + "/x.safetensors -o " + dir + "/step.safetensors");
+  r = run("dump-step --precision fp32 -r " + dir + "/r.yaml -i " + dir + "/x.safetensors -o " + dir + "/step.safetensors");
   ASSERT_EQ(r.code, 0) << r.out;
   auto f = io::SafeTensorsFile::open(dir + "/step.safetensors");
   EXPECT_EQ(f.info("mask.keep").shape, (std::vector<int64_t>{2, 16}));
@@ -141,7 +141,7 @@ TEST(Cli, DistillAndDumpStep) {
                f.load("loss.sup.features.last").item<double>();
   EXPECT_NEAR(total, sum, 1e-5);
   // Same recipe, same input: the dump is reproducible.
-  ASSERT_EQ(run("dump-step -r " + dir + "/r.yaml -i " + dir + "/x.safetensors -o " + dir + "/step2.safetensors").code, 0);
+  ASSERT_EQ(run("dump-step --precision fp32 -r " + dir + "/r.yaml -i " + dir + "/x.safetensors -o " + dir + "/step2.safetensors").code, 0);
   EXPECT_TRUE(torch::equal(f.load("target.sup.features.last"),
                            io::SafeTensorsFile::open(dir + "/step2.safetensors").load("target.sup.features.last")));
 
@@ -151,7 +151,7 @@ TEST(Cli, DistillAndDumpStep) {
     r2 << "name: bad\nstudent: {arch: vit_mini_patch4_28}\nteachers:\n"
           "  - name: mim\n    checkpoint: mim.safetensors\n    targets: [{kind: relation, layers: [7]}]\n";
   }
-  r = run("distill -r " + dir + "/bad.yaml -o " + dir + "/run2");
+  r = run("distill --precision fp32 -r " + dir + "/bad.yaml -o " + dir + "/run2");
   EXPECT_EQ(r.code, 1);
   EXPECT_TRUE(contains(r.out, "bad.yaml") && contains(r.out, "layers")) << r.out;
   EXPECT_FALSE(fs::exists(dir + "/run2"));

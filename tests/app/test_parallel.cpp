@@ -72,7 +72,7 @@ std::vector<double> losses(const std::string& metrics) {
 TEST(Parallel, TwoProcessesMatchOneWithTheWholeBatchAndResumeAcrossWorldSizes) {
   if (!have_fashion()) GTEST_SKIP() << "no Fashion-MNIST";
   auto dir = setup("Equivalence", 6);
-  const std::string r = " -r " + dir + "/r.yaml -q ";
+  const std::string r = " -r " + dir + "/r.yaml -q --precision fp32 ";
   auto one = run("distill" + r + "-o " + dir + "/one -t 2");
   ASSERT_EQ(one.code, 0) << one.out;
   auto two = run("launch -n 2 -- distill" + r + "-o " + dir + "/two -t 1");

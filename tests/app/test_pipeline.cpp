@@ -26,7 +26,7 @@ void expect_result(const nlohmann::json& j, const std::string& task, const std::
 TEST(Pipeline, TeachersDistillAndEvaluate) {
   if (!kHaveData) GTEST_SKIP() << "dataset-fashion-mnist not installed";
   const auto dir = scratch("pipeline", "all");
-  const std::string t = " -t 2 -q";
+  const std::string t = " -t 2 -q --precision fp32";
 
   // MIM teacher: a few MAE steps.
   auto r = run("pretrain-mae -a vit_mini_patch7_28 --max-steps 6 -b 32 --decoder-dim 64 --decoder-depth 1 -o " + dir +

@@ -48,7 +48,7 @@ TEST(Robustness, KilledDistillResumesFromLastCheckpoint) {
              "data: {augment: false, workers: 1}\ntrain: {batch: 16, max_steps: 120, log_every: 40, checkpoint_every: 2}\n");
   const std::string run_dir = dir + "/run", ckpt = run_dir + "/checkpoint.safetensors";
   // SIGKILL (no handler runs) shortly after the first checkpoint, in the middle of the run.
-  auto r = run("distill -r " + dir + "/r.yaml -o " + run_dir + " -q -t 1 & P=$!; " +
+  auto r = run("distill --precision fp32 -r " + dir + "/r.yaml -o " + run_dir + " -q -t 1 & P=$!; " +
                "for i in $(seq 1 1200); do [ -f " + ckpt + " ] && break; sleep 0.1; done; sleep 0.3; kill -9 $P; wait $P");
   ASSERT_EQ(r.code, 137) << "the run was not killed mid-way: " << r.out;
   int64_t killed_at = std::stoll(io::SafeTensorsFile::open(ckpt).metadata().at("step"));
@@ -58,11 +58,11 @@ TEST(Robustness, KilledDistillResumesFromLastCheckpoint) {
   // A copy cut short cannot be resumed, and says which file is at fault.
   fs::copy(run_dir, dir + "/cut", fs::copy_options::recursive);
   fs::resize_file(dir + "/cut/checkpoint.safetensors", fs::file_size(ckpt) / 2);
-  r = run("distill -r " + dir + "/r.yaml -o " + dir + "/cut --resume -q");
+  r = run("distill --precision fp32 -r " + dir + "/r.yaml -o " + dir + "/cut --resume -q");
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_TRUE(contains(r.out, dir + "/cut/checkpoint.safetensors")) << r.out;
 
-  r = run("distill -r " + dir + "/r.yaml -o " + run_dir + " --resume -t 2");
+  r = run("distill --precision fp32 -r " + dir + "/r.yaml -o " + run_dir + " --resume -t 2");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_TRUE(contains(r.out, "resumed from " + ckpt + " at step " + std::to_string(killed_at))) << r.out;
   EXPECT_TRUE(fs::exists(run_dir + "/student.safetensors"));
@@ -73,10 +73,10 @@ TEST(Robustness, KilledDistillResumesFromLastCheckpoint) {
   for (int64_t i = 0; i < 120; ++i) EXPECT_EQ(steps[static_cast<size_t>(i)], i);
 
   // Resuming with a different recipe is refused, unless forced.
-  r = run("distill -r " + dir + "/r.yaml -o " + run_dir + " --resume --set train.seed=9 -q");
+  r = run("distill --precision fp32 -r " + dir + "/r.yaml -o " + run_dir + " --resume --set train.seed=9 -q");
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_TRUE(contains(r.out, ckpt + ": was written with a different recipe") && contains(r.out, "--force")) << r.out;
-  r = run("distill -r " + dir + "/r.yaml -o " + run_dir + " --resume --force --set train.seed=9");
+  r = run("distill --precision fp32 -r " + dir + "/r.yaml -o " + run_dir + " --resume --force --set train.seed=9");
   EXPECT_EQ(r.code, 0) << r.out;
   EXPECT_TRUE(contains(r.out, "resumed from " + ckpt)) << r.out;
 }
@@ -92,7 +92,7 @@ TEST(Robustness, UnwritableOutputsNameThePath) {
   write_text(dir + "/r.yaml", "student: {arch: vit_mini_patch4_28}\nteachers:\n"
                               "  - {name: t, checkpoint: t.safetensors, targets: [{kind: features}]}\n"
                               "data: {workers: 1}\ntrain: {batch: 8, max_steps: 2}\n");
-  r = run("distill -r " + dir + "/r.yaml -o /dev/null/run -q");
+  r = run("distill --precision fp32 -r " + dir + "/r.yaml -o /dev/null/run -q");
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_TRUE(contains(r.out, "/dev/null/run: cannot create the run folder")) << r.out;
 }
@@ -113,7 +113,7 @@ TEST(Robustness, TeacherOfAnotherArchitectureNamesTensorAndShapes) {
   write_text(dir + "/r.yaml", "student: {arch: vit_mini_patch4_28}\nteachers:\n"
                               "  - {name: t, checkpoint: t.safetensors, arch: vit_tiny_patch4_28, targets: [{kind: features}]}\n");
   io::save_safetensors(dir + "/x.safetensors", {{"images", torch::zeros({1, 1, 28, 28})}});
-  auto r = run("dump-step -r " + dir + "/r.yaml -i " + dir + "/x.safetensors -o " + dir + "/o.safetensors");
+  auto r = run("dump-step --precision fp32 -r " + dir + "/r.yaml -i " + dir + "/x.safetensors -o " + dir + "/o.safetensors");
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_TRUE(contains(r.out, dir + "/t.safetensors")) << r.out;
   EXPECT_TRUE(contains(r.out, "has shape [")) << r.out;

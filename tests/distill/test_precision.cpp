@@ -86,8 +86,7 @@ TEST(Precision, Bf16LossCurveTracksFp32OnTheDefaultRecipe) {
     const auto name = train::to_string(precision);
     torch::manual_seed(r.seed);
     model::VisionTransformer student(r.student);
-    auto teachers =
-        distill::load_teachers(r, torch::kCPU, precision == train::Precision::BF16 ? torch::kBFloat16 : torch::kFloat);
+    auto teachers = distill::load_teachers(r, torch::kCPU, train::inference_dtype(precision));
     distill::DistillTask task(distill::HybridDistiller(r, student, std::move(teachers)));
     data::DataLoader loader(ds, distill::loader_config(r));
     auto tc = distill::train_config(r, (tmp / name).string());
