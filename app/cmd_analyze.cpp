@@ -16,9 +16,10 @@
 #include "data/loader.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
-#include "train/inputs.h"
+#include "train/model_transform.h"
 #include "train/precision.h"
-#include "util/common.h"
+#include "util/error.h"
+#include "util/timer.h"
 
 namespace fs = std::filesystem;
 

@@ -9,7 +9,7 @@
 
 #include "app/commands.h"
 #include "model/vit.h"
-#include "util/common.h"
+#include "util/timer.h"
 
 namespace hd::cli {
 

@@ -7,8 +7,8 @@
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "model/vit.h"
-#include "train/inputs.h"
-#include "util/common.h"
+#include "train/model_transform.h"
+#include "util/timer.h"
 
 namespace hd::cli {
 

@@ -13,7 +13,8 @@
 #include "distill/task.h"
 #include "io/safetensors.h"
 #include "train/trainer.h"
-#include "util/common.h"
+#include "util/error.h"
+#include "util/format.h"
 
 namespace hd::cli {
 
@@ -102,6 +103,7 @@ void add_distill(CLI::App& app) {
   dump->callback([d] {
     auto device = apply_runtime(d->rt);
     const auto precision = precision_of(d->rt, device);
+    if (precision == train::Precision::FP32) train::disable_tf32();
     auto r = distill::load_recipe(d->recipe, d->set);
     auto dist = build_distiller(r, device, precision);
     auto in = io::SafeTensorsFile::open(d->input);

@@ -8,9 +8,9 @@
 
 #include "app/commands.h"
 #include "data/dataset.h"
+#include "eval/evaluate.h"
 #include "model/checkpoint.h"
-#include "train/evaluate.h"
-#include "util/common.h"
+#include "util/timer.h"
 
 namespace hd::cli {
 
@@ -47,17 +47,17 @@ void add_eval_options(CLI::App* sub, EvalOpts& o) {
 }
 
 struct Features {
-  train::FeatureSet train, test;
+  eval::FeatureSet train, test;
   int64_t num_classes = 0;
   model::ViTConfig cfg;
 };
 
 Features features(const EvalOpts& o, const c10::Device& device) {
   Features f;
-  auto pool = train::parse_pool(o.pool);
+  auto pool = eval::parse_pool(o.pool);
   const auto precision = precision_of(o.rt, device);
   model::VisionTransformer m{nullptr};
-  auto one = [&](const std::string& split, int64_t limit, train::FeatureSet& out) {
+  auto one = [&](const std::string& split, int64_t limit, eval::FeatureSet& out) {
     auto ds = data::open_dataset(o.data, split);
     f.num_classes = static_cast<int64_t>(ds->class_names().size());
     std::string key, path;
@@ -71,7 +71,7 @@ Features features(const EvalOpts& o, const c10::Device& device) {
       std::snprintf(name, sizeof name, "%016zx", std::hash<std::string>{}(key));
       fs::create_directories(o.cache);
       path = (fs::path(o.cache) / (std::string(name) + ".safetensors")).string();
-      if (train::load_features(path, key, out)) return;
+      if (eval::load_features(path, key, out)) return;
     }
     if (!m) m = model::load_model(o.checkpoint, o.arch, /*strict=*/false);
     m->to(device);
@@ -82,12 +82,12 @@ Features features(const EvalOpts& o, const c10::Device& device) {
     {
       // bf16: the encoder's matrix products under autocast; features are returned in float32.
       train::AutocastScope autocast(device, precision == train::Precision::BF16);
-      out = train::extract_features(m, loader, pool, device, limit);
+      out = eval::extract_features(m, loader, pool, device, limit);
     }
     if (!o.quiet)
       std::printf("features of %ld %s images in %.1f s (%.0f img/s)\n", (long)out.labels.size(0), ds->name().c_str(),
                   t.seconds(), out.labels.size(0) / std::max(t.seconds(), 1e-9));
-    if (!path.empty()) train::save_features(path, out, key);
+    if (!path.empty()) eval::save_features(path, out, key);
   };
   f.cfg = model::checkpoint_config(o.checkpoint, o.arch);
   one(o.train_split, o.train_limit, f.train);
@@ -123,8 +123,8 @@ void add_eval(CLI::App& app) {
       auto device = apply_runtime(o->rt);
       Timer t;
       auto f = features(*o, device);
-      auto scores = train::knn_scores(f.train, f.test.features, *k, *temp, f.num_classes);
-      double acc = train::top1(scores, f.test.labels);
+      auto scores = eval::knn_scores(f.train, f.test.features, *k, *temp, f.num_classes);
+      double acc = eval::top1(scores, f.test.labels);
       auto j = base_result(*o, f, "knn");
       j["top1"] = acc;
       j["k"] = *k;
@@ -140,7 +140,7 @@ void add_eval(CLI::App& app) {
     auto* sub = app.add_subcommand("probe", "Linear probe top-1 on frozen features (standardised features, AdamW, "
                                             "cosine schedule); writes result.json");
     auto o = std::make_shared<EvalOpts>();
-    auto pc = std::make_shared<train::ProbeConfig>();
+    auto pc = std::make_shared<eval::ProbeConfig>();
     add_eval_options(sub, *o);
     sub->add_option("-e,--epochs", pc->epochs, "epochs over the training features")->check(CLI::PositiveNumber);
     sub->add_option("--lr", pc->lr, "peak learning rate")->check(CLI::PositiveNumber);
@@ -151,7 +151,7 @@ void add_eval(CLI::App& app) {
       Timer t;
       auto f = features(*o, device);
       pc->seed = static_cast<uint64_t>(o->seed);
-      auto r = train::linear_probe(f.train, f.test, f.num_classes, *pc);
+      auto r = eval::linear_probe(f.train, f.test, f.num_classes, *pc);
       auto j = base_result(*o, f, "probe");
       j["top1"] = r.test_top1;
       j["train_top1"] = r.train_top1;

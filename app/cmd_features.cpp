@@ -7,7 +7,8 @@
 #include "app/commands.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
-#include "util/common.h"
+#include "util/error.h"
+#include "util/timer.h"
 
 namespace hd::cli {
 
@@ -36,6 +37,7 @@ void add_features(CLI::App& app) {
   sub->callback([o] {
     auto device = apply_runtime(o->rt);
     const auto precision = precision_of(o->rt, device);
+    if (precision == train::Precision::FP32) train::disable_tf32();
     Timer timer;
     auto model = model::load_model(o->checkpoint, o->arch);
     model->eval();

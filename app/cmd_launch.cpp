@@ -15,8 +15,8 @@
 #include <thread>
 
 #include "app/commands.h"
-#include "dist/comm.h"
-#include "util/common.h"
+#include "parallel/comm.h"
+#include "util/error.h"
 
 namespace hd::cli {
 
@@ -65,7 +65,7 @@ void add_launch(CLI::App& app) {
     std::vector<std::string> args = o->command;
     if (args.empty()) throw Error("launch: no command given (hybrid-distill launch -n N -- COMMAND ...)");
     if (args.front() == "launch") throw Error("launch: the command cannot itself be 'launch'");
-    const int port = o->port > 0 ? o->port : dist::free_loopback_port();
+    const int port = o->port > 0 ? o->port : parallel::free_loopback_port();
 
     std::vector<std::string> argv_s{"hybrid-distill"};
     argv_s.insert(argv_s.end(), args.begin(), args.end());

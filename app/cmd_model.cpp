@@ -12,7 +12,7 @@
 #include "model/config.h"
 #include "model/interop.h"
 #include "model/vit.h"
-#include "util/common.h"
+#include "util/format.h"
 
 namespace hd::cli {
 

@@ -6,7 +6,7 @@
 #include "app/commands.h"
 #include "data/dataset.h"
 #include "train/mae.h"
-#include "util/common.h"
+#include "util/format.h"
 
 namespace hd::cli {
 

@@ -8,10 +8,12 @@
 
 #include "app/commands.h"
 #include "data/dataset.h"
+#include "eval/evaluate.h"
 #include "model/checkpoint.h"
 #include "model/interop.h"
 #include "train/classify.h"
-#include "util/common.h"
+#include "util/error.h"
+#include "util/format.h"
 
 namespace hd::cli {
 
@@ -79,7 +81,7 @@ void run_classifier(const ClassifierOpts& o, bool finetune) {
   double acc = 0;
   {
     train::AutocastScope autocast(device, tc.precision == train::Precision::BF16);
-    acc = train::evaluate_top1(task.model(), eval_loader, device, o.eval_limit);
+    acc = eval::evaluate_top1(task.model(), eval_loader, device, o.eval_limit);
   }
   const int64_t n_eval = o.eval_limit > 0 ? std::min<int64_t>(o.eval_limit, test->size()) : test->size();
   nlohmann::json j = {{"task", finetune ? "finetune" : "train"}, {"top1", acc}, {"data", o.t.data},

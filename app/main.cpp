@@ -5,8 +5,9 @@
 #include <c10/util/Exception.h>
 
 #include "app/commands.h"
-#include "dist/comm.h"
-#include "util/common.h"
+#include "parallel/comm.h"
+#include "util/error.h"
+#include "util/threads.h"
 
 int main(int argc, char** argv) {
   hd::ensure_passive_openmp(argv);
@@ -34,7 +35,7 @@ int main(int argc, char** argv) {
   // In a multi-process job every message says which process wrote it.
   std::string who = "hybrid-distill";
   try {
-    if (const auto env = hd::dist::env_from_environment(); env.distributed())
+    if (const auto env = hd::parallel::env_from_environment(); env.distributed())
       who += "[rank " + std::to_string(env.rank) + "]";
   } catch (const hd::Error&) {
     // Malformed variables: the command itself reports them, if it is a multi-process one.

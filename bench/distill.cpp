@@ -36,6 +36,7 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+#include <torch/cuda.h>
 #include <torch/torch.h>
 #include <torch/version.h>
 
@@ -49,7 +50,9 @@
 #include "train/optim.h"
 #include "train/precision.h"
 #include "train/step.h"
-#include "util/common.h"
+#include "util/error.h"
+#include "util/threads.h"
+#include "util/timer.h"
 
 namespace fs = std::filesystem;
 using namespace hd;
@@ -64,12 +67,14 @@ struct Opts {
   bool python = true;
   double lr = 1e-3;
   bool bf16 = false;
+  std::string device = "cpu";
 };
 
 [[noreturn]] void usage(const char* msg) {
   std::fprintf(stderr,
                "%s\nusage: bench_distill [--arch A] [--student-arch A] [--teacher-arch A] [--batch N] "
-               "[--threads T] [--warmup W] [--iters N] [--rounds R] [--precision fp32|bf16] [--no-python]\n",
+               "[--threads T] [--warmup W] [--iters N] [--rounds R] [--precision fp32|bf16] [--device cpu|cuda] "
+               "[--no-python]\n",
                msg);
   std::exit(2);
 }
@@ -92,6 +97,7 @@ Opts parse(int argc, char** argv) {
     else if (a == "--rounds" || a == "-r") o.rounds = std::stoi(val());
     else if (a == "--lr") o.lr = std::stod(val());
     else if (a == "--no-python") o.python = false;
+    else if (a == "--device") o.device = val();
     else if (a == "--precision") {
       auto v = val();
       if (v != "fp32" && v != "bf16") usage("--precision: fp32 or bf16");
@@ -136,15 +142,18 @@ struct Stepper {
   // Seconds of the last step's phases: forward (teachers, mask, student, loss), backward, clip + AdamW.
   double t_fwd = 0, t_bwd = 0, t_opt = 0;
 
-  Stepper(const distill::Recipe& r, const std::string& student_ckpt, double lr_, train::Precision precision)
-      : lr(lr_) {
+  c10::Device device;
+  Stepper(const distill::Recipe& r, const std::string& student_ckpt, double lr_, train::Precision precision,
+          const c10::Device& dev)
+      : lr(lr_), device(dev) {
     auto student = model::load_model(student_ckpt);
     task = std::make_unique<distill::DistillTask>(
-        distill::HybridDistiller(r, student, distill::load_teachers(r, torch::kCPU, train::inference_dtype(precision))));
+        distill::HybridDistiller(r, student, distill::load_teachers(r, device, train::inference_dtype(precision))));
     // The recipe's optimiser settings as `distill` derives them; the benchmark's fixed rate.
     auto tc = distill::train_config(r, "");
     tc.lr = lr;
     tc.precision = precision;
+    tc.device = device;
     step_ = std::make_unique<train::TrainStep>(*task, train::step_config(tc));
   }
   distill::HybridDistiller& d() { return task->distiller(); }
@@ -153,6 +162,7 @@ struct Stepper {
     b.images = images;
     b.labels = torch::zeros({images.size(0)}, torch::kLong);
     auto s = step_->run(b, lr, steps++);
+    if (device.is_cuda()) torch::cuda::synchronize();  // phases and step times include the GPU's work
     t_fwd = s.t_forward;
     t_bwd = s.t_backward;
     t_opt = s.t_optimizer;
@@ -171,13 +181,14 @@ struct Stepper {
       taps.push_back(m->forward_taps(inputs.back(), dd->teacher_tap_spec(ti)));
     }
     dd->compute_mask(inputs, taps, images.size(0), c10::nullopt);
+    if (device.is_cuda()) torch::cuda::synchronize();
     return t.seconds();
   }
   // Trainable tensors with their distiller names (student.*, proj_*), for the Python side.
   std::vector<std::pair<std::string, torch::Tensor>> trainables() {
     std::vector<std::pair<std::string, torch::Tensor>> out;
     for (auto& p : d()->named_parameters())
-      if (p.value().requires_grad()) out.emplace_back(p.key(), p.value().detach().clone());
+      if (p.value().requires_grad()) out.emplace_back(p.key(), p.value().detach().cpu().clone());
     return out;
   }
 };
@@ -185,7 +196,7 @@ struct Stepper {
 nlohmann::json run_python(const std::string& script, const std::string& dir, const Opts& o, int threads) {
   std::string cmd = "/usr/bin/python3 '" + script + "' --dir '" + dir + "' --threads " + std::to_string(threads) +
                     " --warmup " + std::to_string(o.warmup) + " --iters " + std::to_string(o.iters) +
-                    (o.bf16 ? " --precision bf16" : "");
+                    (o.bf16 ? " --precision bf16" : "") + " --device " + o.device;
   std::unique_ptr<FILE, int (*)(FILE*)> p(popen(cmd.c_str(), "r"), pclose);
   if (!p) return nullptr;
   std::string out, last;
@@ -206,14 +217,20 @@ nlohmann::json run_python(const std::string& script, const std::string& dir, con
 
 // Achieved GFLOP/s of an n x n x n matrix product in `dtype` (the machine's GEMM peak as LibTorch
 // reaches it, at the current thread count).
-double gemm_gflops(torch::ScalarType dtype, int64_t n = 1024) {
-  auto a = torch::randn({n, n}).to(dtype), b = torch::randn({n, n}).to(dtype);
+double gemm_gflops(torch::ScalarType dtype, const c10::Device& device, int64_t n = 1024) {
+  if (device.is_cuda()) n = 8192;  // a GPU needs a large product to reach its peak
+  auto a = torch::randn({n, n}).to(device, dtype), b = torch::randn({n, n}).to(device, dtype);
+  auto sync = [&] {
+    if (device.is_cuda()) torch::cuda::synchronize();
+  };
   for (int i = 0; i < 2; ++i) torch::mm(a, b);
+  sync();
   int reps = 0;
   Timer t;
   while (t.seconds() < 1.0 || reps < 3) {
     torch::mm(a, b);
     ++reps;
+    sync();
   }
   return 2.0 * static_cast<double>(n * n * n) * reps / t.seconds() / 1e9;
 }
@@ -267,7 +284,9 @@ int main(int argc, char** argv) {
     model::save_model(dir + "/student.safetensors", student0);
 
     torch::manual_seed(3);
-    auto images = torch::randn({o.batch, scfg.in_chans, scfg.img_size, scfg.img_size});
+    const c10::Device device(o.device);
+    if (device.is_cuda() && !torch::cuda::is_available()) throw Error("--device " + o.device + ": no CUDA device");
+    auto images = torch::randn({o.batch, scfg.in_chans, scfg.img_size, scfg.img_size}).to(device);
     const int64_t P = scfg.num_patches();
     int64_t kept = P;
     for (size_t i = 0; i < hybrid_recipe.mask.layers.size(); ++i) kept = distill::kept_after_step(kept, hybrid_recipe.mask.drop_ratio);
@@ -283,20 +302,21 @@ int main(int argc, char** argv) {
     // (a) Student forward+backward, all tokens vs the kept count.
     auto s = model::load_model(dir + "/student.safetensors");
     s->train();
-    auto keep = distill::random_keep(o.batch, P, kept, torch::kCPU);
+    auto keep = distill::random_keep(o.batch, P, kept, device);
     auto fb = [&](const torch::Tensor& k) {
       s->zero_grad(/*set_to_none=*/true);
       torch::Tensor l;
       {
-        train::AutocastScope autocast(torch::kCPU, o.bf16);
+        train::AutocastScope autocast(device, o.bf16);
         l = s->forward_features(images, k).to(torch::kFloat).pow(2).mean();
       }
       l.backward();
+      if (device.is_cuda()) torch::cuda::synchronize();
     };
     // (b) Full steps. The first two losses (before / after one update) are the check against Python.
     const auto precision = o.bf16 ? train::Precision::BF16 : train::Precision::FP32;
-    Stepper hybrid(hybrid_recipe, dir + "/student.safetensors", o.lr, precision);
-    Stepper single(single_recipe, dir + "/student.safetensors", o.lr, precision);
+    Stepper hybrid(hybrid_recipe, dir + "/student.safetensors", o.lr, precision, device);
+    Stepper single(single_recipe, dir + "/student.safetensors", o.lr, precision, device);
     io::save_safetensors(dir + "/hybrid_trainable.safetensors", hybrid.trainables());
     io::save_safetensors(dir + "/single_trainable.safetensors", single.trainables());
     const double hl0 = hybrid.step(images), hl1 = hybrid.step(images);
@@ -305,7 +325,7 @@ int main(int argc, char** argv) {
     // (c) Python on the same files.
     const std::string script = (fs::path(__FILE__).parent_path() / "hybrid_step.py").string();
     if (o.python) {
-      io::save_safetensors(dir + "/images.safetensors", {{"images", images}});
+      io::save_safetensors(dir + "/images.safetensors", {{"images", images.cpu()}});
       nlohmann::json spec = {
           {"student", nlohmann::json::parse(scfg.to_json())},
           {"teacher", nlohmann::json::parse(tcfg.to_json())},
@@ -420,7 +440,7 @@ int main(int argc, char** argv) {
       const double sup_f = vit_forward_flops(tcfg, P + 1, P, tcfg.depth);
       const double step_flops = static_cast<double>(o.batch) * (student_f + mim_f + sup_f);
       const double achieved = step_flops / cm["hybrid"] / 1e9;
-      const double peak32 = gemm_gflops(torch::kFloat), peak16 = gemm_gflops(torch::kBFloat16);
+      const double peak32 = gemm_gflops(torch::kFloat, device), peak16 = gemm_gflops(torch::kBFloat16, device);
       std::printf("\nhybrid step phases (median): teachers+mask %.1f ms (timed alone), forward incl. teachers %.1f ms "
                   "(%.0f%%), backward %.1f ms (%.0f%%), clip+AdamW %.1f ms (%.0f%%)\n",
                   1e3 * teach, 1e3 * fwd, 100 * fwd / sum, 1e3 * bwd, 100 * bwd / sum, 1e3 * opt, 100 * opt / sum);

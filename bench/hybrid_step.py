@@ -166,10 +166,18 @@ def gather_tokens(x, keep):  # CLS + kept patches
 
 def gather_relation(r, keep):  # kept rows and columns, CLS included
     B, H, N, _ = r.shape
-    idx = torch.cat([torch.zeros(B, 1, dtype=keep.dtype), keep + 1], 1)
+    idx = torch.cat([torch.zeros(B, 1, dtype=keep.dtype, device=keep.device), keep + 1], 1)
     n = idx.shape[1]
     rows = r.gather(2, idx.view(B, 1, n, 1).expand(B, H, n, N))
     return rows.gather(3, idx.view(B, 1, 1, n).expand(B, H, n, n))
+
+
+DEVICE = torch.device("cpu")
+
+
+def sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 class Step:
@@ -177,17 +185,17 @@ class Step:
         self.spec, self.hybrid = spec, hybrid
         tc, sc = spec["teacher"], spec["student"]
         tr = load_safetensors(f"{d}/{'hybrid' if hybrid else 'single'}_trainable.safetensors")
-        self.student = load_vit(sc, tr, "student.")
+        self.student = load_vit(sc, tr, "student.").to(DEVICE)
         self.student.train()
         self.proj = None
         if tc["embed_dim"] != sc["embed_dim"]:
-            self.proj = nn.Linear(sc["embed_dim"], tc["embed_dim"])
+            self.proj = nn.Linear(sc["embed_dim"], tc["embed_dim"]).to(DEVICE)
             self.proj.weight.data.copy_(tr["proj_sup_features_last.weight"])
             self.proj.bias.data.copy_(tr["proj_sup_features_last.bias"])
         self.bf16 = spec.get("precision") == "bf16"
         tdt = torch.bfloat16 if self.bf16 else torch.float32  # bf16 runs: teachers infer in bf16
-        self.sup = load_vit(tc, load_safetensors(f"{d}/sup.safetensors")).eval().requires_grad_(False).to(tdt)
-        self.mim = (load_vit(tc, load_safetensors(f"{d}/mim.safetensors")).eval().requires_grad_(False).to(tdt)
+        self.sup = load_vit(tc, load_safetensors(f"{d}/sup.safetensors")).eval().requires_grad_(False).to(DEVICE, tdt)
+        self.mim = (load_vit(tc, load_safetensors(f"{d}/mim.safetensors")).eval().requires_grad_(False).to(DEVICE, tdt)
                     if hybrid else None)
         self.tdt = tdt
         self.mask_layers = spec["mask_layers"] if hybrid else spec["single_mask_layers"]
@@ -205,7 +213,7 @@ class Step:
         sc, tc = self.spec["student"], self.spec["teacher"]
         if sc["mean"] == tc["mean"] and sc["std"] == tc["std"]:
             return images
-        v = lambda a: torch.tensor(a, dtype=torch.float32).view(1, -1, 1, 1)
+        v = lambda a: torch.tensor(a, dtype=torch.float32, device=DEVICE).view(1, -1, 1, 1)
         return ((images * v(sc["std"]) + v(sc["mean"])) - v(tc["mean"])) / v(tc["std"])
 
     def loss(self, images):
@@ -214,7 +222,7 @@ class Step:
         rel_layers = s["relation_layers"]
         B = images.shape[0]
         P = (s["student"]["img_size"] // s["student"]["patch_size"]) ** 2
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+        with torch.no_grad(), torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=self.bf16):
             x = self.teacher_input(images).to(self.tdt)
             if self.hybrid:
                 _, mim_in, mim_rel = self.mim.forward_taps(x, block_inputs=self.mask_layers, relations=rel_layers,
@@ -223,10 +231,10 @@ class Step:
                 mask_in = mim_in
             else:
                 sup_feat, mask_in, _ = self.sup.forward_taps(x, block_inputs=self.mask_layers)
-            keep = torch.arange(P).unsqueeze(0).expand(B, P).contiguous()
+            keep = torch.arange(P, device=DEVICE).unsqueeze(0).expand(B, P).contiguous()
             for l in self.mask_layers:
                 keep = redundant_step(mask_in[l][:, 1:], keep, s["drop_ratio"])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=self.bf16):
             feat, _, srel = self.student.forward_taps(images, keep, relations=rel_layers if self.hybrid else ())
             pred_feat = self.proj(feat) if self.proj is not None else feat
         total = None
@@ -253,6 +261,7 @@ class Step:
         if self.spec["clip_grad"] > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.spec["clip_grad"])
         self.opt.step()
+        sync()
         return lv
 
 
@@ -263,24 +272,28 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
+    global DEVICE
+    DEVICE = torch.device(a.device)
     torch.set_num_threads(a.threads)
     spec = json.load(open(f"{a.dir}/spec.json"))
-    images = load_safetensors(f"{a.dir}/images.safetensors")["images"]
+    images = load_safetensors(f"{a.dir}/images.safetensors")["images"].to(DEVICE)
     B = images.shape[0]
     res = {"torch": torch.__version__, "threads": torch.get_num_threads()}
 
     # (a) student forward+backward, all tokens vs the kept count (positions do not matter for time).
-    student = load_vit(spec["student"], load_safetensors(f"{a.dir}/student.safetensors")).train()
+    student = load_vit(spec["student"], load_safetensors(f"{a.dir}/student.safetensors")).to(DEVICE).train()
     P = (spec["student"]["img_size"] // spec["student"]["patch_size"]) ** 2
-    keep = torch.rand(B, P).argsort(1)[:, :spec["kept"]].sort(1)[0]
+    keep = torch.rand(B, P).argsort(1)[:, :spec["kept"]].sort(1)[0].to(DEVICE)
 
     def fb(k):
         for p in student.parameters():
             p.grad = None
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=a.precision == "bf16"):
             f, _, _ = student.forward_taps(images, k)
         f.float().pow(2).mean().backward()
+        sync()
 
     # (b) full steps; the first two losses of each are the check against the C++ side.
     steps = {"hybrid": Step(spec, a.dir, True), "single": Step(spec, a.dir, False)}
@@ -300,6 +313,8 @@ def main():
             times[k].append(time.perf_counter() - t)
     res["times"] = times
     res["batch"] = B
+    if DEVICE.type == "cuda":
+        res["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     print(json.dumps(res))
 
 

@@ -15,7 +15,7 @@
 #include "data/image_codec.h"
 #include "data/image_folder.h"
 #include "data/loader.h"
-#include "util/common.h"
+#include "util/timer.h"
 
 using namespace hd::data;
 

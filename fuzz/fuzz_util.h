@@ -14,7 +14,7 @@
 #include <filesystem>
 #include <string>
 
-#include "util/common.h"
+#include "util/error.h"
 
 namespace hd::fuzz {
 

@@ -5,7 +5,7 @@
 
 #include <torch/torch.h>
 
-#include "util/common.h"
+#include "util/error.h"
 #include "util/parse.h"
 
 namespace hd::analysis {

@@ -5,7 +5,7 @@
 
 #include <torch/torch.h>
 
-#include "util/common.h"
+#include "util/error.h"
 
 namespace hd::analysis {
 

@@ -12,7 +12,8 @@
 
 #include <torch/torch.h>
 
-#include "util/common.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
 
 namespace fs = std::filesystem;
 

@@ -8,7 +8,8 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
-#include "util/common.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
 
 namespace fs = std::filesystem;
 

@@ -6,7 +6,7 @@
 
 #include "data/idx.h"
 #include "data/image_folder.h"
-#include "util/common.h"
+#include "util/error.h"
 
 namespace hd::data {
 

@@ -14,7 +14,8 @@
 
 #include <torch/torch.h>
 
-#include "util/common.h"
+#include "util/error.h"
+#include "util/format.h"
 
 namespace hd::data {
 

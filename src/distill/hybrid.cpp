@@ -6,7 +6,7 @@
 
 #include "distill/masking.h"
 #include "model/checkpoint.h"
-#include "util/common.h"
+#include "util/error.h"
 
 namespace hd::distill {
 
@@ -61,7 +61,7 @@ DecoderImpl::DecoderImpl(const model::ViTConfig& sc, int64_t out_dim, const Targ
   if (spec.decoder == DecoderKind::Attention) {
     blocks = register_module("blocks", torch::nn::ModuleList());
     for (int64_t i = 0; i < spec.decoder_depth; ++i) blocks->push_back(model::Block(sc, 0.0));
-    norm = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({sc.embed_dim}).eps(sc.ln_eps)));
+    norm = register_module("norm", model::LayerNorm(sc.embed_dim, sc.ln_eps));
   }
   if (spec.decoder != DecoderKind::None || out_dim != sc.embed_dim)
     proj = register_module("proj", torch::nn::Linear(sc.embed_dim, out_dim));
@@ -274,8 +274,11 @@ DistillOutput HybridDistillerImpl::forward(const torch::Tensor& images, bool kee
             target = gather_tokens(t, out.keep, tprefix, cls);
             pred = cls || sprefix == 0 ? s : s.slice(1, sprefix);
           }
-          if (tg.norm == TargetNorm::LayerNorm)
+          // Whitened in float32 at least (bf16 teachers in bf16 runs; float64 stays float64).
+          if (tg.norm == TargetNorm::LayerNorm) {
+            if (target.scalar_type() != torch::kDouble) target = target.to(torch::kFloat);
             target = F::layer_norm(target, F::LayerNormFuncOptions({target.size(-1)}).eps(1e-6));
+          }
         }
         // The loss in float32 at least (bf16 autocast leaves predictions, and bf16 teachers
         // their targets, in bfloat16); float64 stays float64.

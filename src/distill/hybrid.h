@@ -45,7 +45,7 @@ class DecoderImpl : public torch::nn::Module {
   DecoderImpl(const model::ViTConfig& student, int64_t out_dim, const TargetSpec& spec);
   torch::Tensor forward(torch::Tensor x);
   torch::nn::ModuleList blocks{nullptr};
-  torch::nn::LayerNorm norm{nullptr};
+  model::LayerNorm norm{nullptr};
   torch::nn::Linear proj{nullptr};
   bool empty() const { return !proj && !blocks; }
 };

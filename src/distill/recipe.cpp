@@ -11,7 +11,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "model/checkpoint.h"
-#include "util/common.h"
+#include "util/error.h"
 
 namespace hd::distill {
 

@@ -5,7 +5,7 @@
 #include <torch/torch.h>
 
 #include "model/checkpoint.h"
-#include "train/inputs.h"
+#include "train/model_transform.h"
 
 namespace hd::distill {
 

@@ -30,7 +30,8 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
-#include "util/common.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "safetensors I/O copies little-endian tensor bytes verbatim; big-endian hosts "

@@ -10,7 +10,7 @@
 
 #include "io/safetensors.h"
 #include "model/interop.h"
-#include "util/common.h"
+#include "util/error.h"
 
 namespace hd::model {
 

@@ -5,7 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "util/common.h"
+#include "util/error.h"
 
 namespace hd::model {
 

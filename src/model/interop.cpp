@@ -17,7 +17,8 @@
 #include <torch/torch.h>
 
 #include "io/safetensors.h"
-#include "util/common.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
 
 namespace hd::model {
 

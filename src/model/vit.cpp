@@ -5,11 +5,24 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
-#include "util/common.h"
+#include "util/error.h"
 
 namespace hd::model {
 
 namespace F = torch::nn::functional;
+
+LayerNormImpl::LayerNormImpl(int64_t dim, double eps) : dim_(dim), eps_(eps) {
+  weight = register_parameter("weight", torch::ones({dim}));
+  bias = register_parameter("bias", torch::zeros({dim}));
+}
+
+torch::Tensor LayerNormImpl::forward(const torch::Tensor& x) {
+  const auto dt = x.scalar_type();
+  if (x.is_cpu() && (dt == torch::kBFloat16 || dt == torch::kHalf))
+    return torch::layer_norm(x.to(torch::kFloat), {dim_}, weight.to(torch::kFloat), bias.to(torch::kFloat), eps_)
+        .to(dt);
+  return torch::layer_norm(x, {dim_}, weight, bias, eps_);
+}
 
 namespace {
 // Linear layers go through aten::linear, as Python's nn.Linear does. The C++ frontend's
@@ -100,7 +113,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, torch::Tensor* rela
 
 // ---------------------------------------------------------------------------------------------
 BlockImpl::BlockImpl(const ViTConfig& cfg, double drop_path) : drop_path_(drop_path) {
-  auto ln = [&] { return torch::nn::LayerNorm(torch::nn::LayerNormOptions({cfg.embed_dim}).eps(cfg.ln_eps)); };
+  auto ln = [&] { return LayerNorm(cfg.embed_dim, cfg.ln_eps); };
   norm1 = register_module("norm1", ln());
   attn = register_module("attn", Attention(cfg));
   norm2 = register_module("norm2", ln());
@@ -130,7 +143,7 @@ VisionTransformerImpl::VisionTransformerImpl(ViTConfig cfg) : cfg_(std::move(cfg
   patch_embed = register_module("patch_embed", PatchEmbed(cfg_));
   if (cfg_.class_token) cls_token = register_parameter("cls_token", torch::zeros({1, 1, D}));
   pos_embed = register_parameter("pos_embed", torch::zeros({1, cfg_.num_tokens(), D}));
-  auto ln = [&] { return torch::nn::LayerNorm(torch::nn::LayerNormOptions({D}).eps(cfg_.ln_eps)); };
+  auto ln = [&] { return LayerNorm(D, cfg_.ln_eps); };
   if (cfg_.norm_pre) norm_pre = register_module("norm_pre", ln());
   blocks = register_module("blocks", torch::nn::ModuleList());
   for (int64_t i = 0; i < cfg_.depth; ++i) {
@@ -154,7 +167,7 @@ void VisionTransformerImpl::init_weights() {
     if (auto* lin = m->as<torch::nn::Linear>()) {
       trunc_normal_(lin->weight, 0.02);
       if (lin->bias.defined()) lin->bias.zero_();
-    } else if (auto* ln = m->as<torch::nn::LayerNorm>()) {
+    } else if (auto* ln = m->as<LayerNorm>()) {
       ln->weight.fill_(1.0);
       ln->bias.zero_();
     }

@@ -13,12 +13,28 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/linear.h>
-#include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
 
 #include "model/config.h"
 
 namespace hd::model {
+
+// LayerNorm over the last dimension with affine parameters `weight` and `bias`, as
+// LayerNorm (same parameter names, same result in float32). Reduced-precision
+// (bf16/fp16) inputs on the CPU are normalised in float32 and returned in their own dtype:
+// LibTorch's reduced-precision CPU kernel is several times slower than the two casts around the
+// float32 one (it made a bf16 teacher's forward ~2x slower) and its statistics are less exact.
+class LayerNormImpl : public torch::nn::Module {
+ public:
+  LayerNormImpl(int64_t dim, double eps);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor weight, bias;
+
+ private:
+  int64_t dim_;
+  double eps_;
+};
+TORCH_MODULE(LayerNorm);
 
 // What a tapped forward should return. Layer indices are 0-based block indices.
 struct TapSpec {
@@ -80,7 +96,7 @@ class BlockImpl : public torch::nn::Module {
   // `msa`, `relation`, `attn` are filled when non-null.
   torch::Tensor forward(const torch::Tensor& x, torch::Tensor* msa = nullptr,
                         torch::Tensor* relation = nullptr, torch::Tensor* attn = nullptr);
-  torch::nn::LayerNorm norm1{nullptr}, norm2{nullptr};
+  LayerNorm norm1{nullptr}, norm2{nullptr};
   Attention attn{nullptr};
   Mlp mlp{nullptr};
   double drop_path_rate() const { return drop_path_; }
@@ -138,10 +154,10 @@ class VisionTransformerImpl : public torch::nn::Module {
 
   PatchEmbed patch_embed{nullptr};
   torch::Tensor cls_token, pos_embed;
-  torch::nn::LayerNorm norm_pre{nullptr};  // only with cfg.norm_pre
+  LayerNorm norm_pre{nullptr};  // only with cfg.norm_pre
   torch::nn::ModuleList blocks{nullptr};
-  torch::nn::LayerNorm norm{nullptr};      // absent with cfg.fc_norm (timm: Identity)
-  torch::nn::LayerNorm fc_norm{nullptr};   // only with cfg.fc_norm
+  LayerNorm norm{nullptr};      // absent with cfg.fc_norm (timm: Identity)
+  LayerNorm fc_norm{nullptr};   // only with cfg.fc_norm
   torch::nn::Linear head{nullptr};         // only with cfg.num_classes > 0
 
  private:

@@ -6,7 +6,6 @@
 #include <torch/torch.h>
 
 #include "model/checkpoint.h"
-#include "train/evaluate.h"
 
 namespace hd::train {
 
@@ -40,17 +39,6 @@ torch::Tensor ClassifyTask::loss(const data::Batch& batch, NamedTensors& terms) 
 
 void ClassifyTask::save_final(const std::string& run_dir) {
   model::save_model((std::filesystem::path(run_dir) / "model.safetensors").string(), model_);
-}
-
-double evaluate_top1(model::VisionTransformer& model, data::DataLoader& loader, const c10::Device& device,
-                     int64_t limit) {
-  int64_t correct = 0, total = 0;
-  eval_batches(model, loader, limit, [&](const torch::Tensor& images, const torch::Tensor& labels) {
-    auto pred = model->forward(images.to(device)).argmax(-1).cpu();
-    correct += (pred == labels).sum().item<int64_t>();
-    total += labels.size(0);
-  });
-  return total ? static_cast<double>(correct) / total : 0.0;
 }
 
 }  // namespace hd::train

@@ -36,9 +36,4 @@ double lr_decay_scale(const std::string& name, int64_t depth, double decay);
 // Cross-entropy with label smoothing: targets (1 - s) on the label plus s / C on every class.
 torch::Tensor smoothed_cross_entropy(const torch::Tensor& logits, const torch::Tensor& labels, double smoothing);
 
-// Top-1 accuracy (0..1) of `model` over `loader`'s epoch 0 (at most `limit` images; 0: all),
-// in eval mode.
-double evaluate_top1(model::VisionTransformer& model, data::DataLoader& loader, const c10::Device& device,
-                     int64_t limit = 0);
-
 }  // namespace hd::train

@@ -6,7 +6,7 @@
 #include <torch/torch.h>
 
 #include "model/checkpoint.h"
-#include "util/common.h"
+#include "util/error.h"
 
 namespace hd::train {
 
@@ -52,7 +52,7 @@ MaskedAutoencoderImpl::MaskedAutoencoderImpl(model::VisionTransformer enc, MaeCo
   decoder_blocks = register_module("decoder_blocks", torch::nn::ModuleList());
   for (int64_t i = 0; i < cfg.decoder_depth; ++i) decoder_blocks->push_back(model::Block(dc, 0.0));
   decoder_norm = register_module("decoder_norm",
-                                 torch::nn::LayerNorm(torch::nn::LayerNormOptions({cfg.decoder_dim}).eps(1e-6)));
+                                 model::LayerNorm(cfg.decoder_dim, 1e-6));
   decoder_pred = register_module("decoder_pred",
                                  torch::nn::Linear(cfg.decoder_dim, ec.patch_size * ec.patch_size * ec.in_chans));
   // MAE's init for the new parts: xavier-uniform linears, zero biases, normal(0.02) mask token.

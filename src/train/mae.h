@@ -47,7 +47,7 @@ class MaskedAutoencoderImpl : public torch::nn::Module {
   torch::nn::Linear decoder_embed{nullptr}, decoder_pred{nullptr};
   torch::Tensor mask_token, decoder_pos_embed;  // decoder_pos_embed: fixed buffer
   torch::nn::ModuleList decoder_blocks{nullptr};
-  torch::nn::LayerNorm decoder_norm{nullptr};
+  model::LayerNorm decoder_norm{nullptr};
   const MaeConfig& config() const { return cfg_; }
 
  private:

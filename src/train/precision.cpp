@@ -3,10 +3,11 @@
 #include <fstream>
 #include <sstream>
 
+#include <ATen/Context.h>
 #include <ATen/autocast_mode.h>
 #include <torch/version.h>
 
-#include "util/common.h"
+#include "util/error.h"
 
 // LibTorch 2.4 replaced the per-device autocast setters by ones taking the device type.
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
@@ -18,6 +19,11 @@ namespace hd::train {
 std::string to_string(Precision p) { return p == Precision::BF16 ? "bf16" : "fp32"; }
 
 c10::ScalarType inference_dtype(Precision p) { return p == Precision::BF16 ? c10::kBFloat16 : c10::kFloat; }
+
+void disable_tf32() {
+  at::globalContext().setAllowTF32CuDNN(false);
+  at::globalContext().setAllowTF32CuBLAS(false);
+}
 
 bool cpu_has_native_bf16() {
   std::ifstream in("/proc/cpuinfo");

@@ -26,6 +26,11 @@ Precision parse_precision(const std::string& text, const c10::Device& device);
 // keep teachers entirely in bf16 (their targets are compared in fp32), fp32 runs in fp32.
 c10::ScalarType inference_dtype(Precision p);
 
+// fp32 that is fp32 on CUDA too: cuDNN convolutions and cuBLAS matrix products without TF32
+// (LibTorch, like PyTorch, lets cuDNN use TF32 by default). For the commands whose output is
+// compared with other implementations (features, dump-step); no effect on the CPU.
+void disable_tf32();
+
 // Autocast to bf16 on `device` for the scope's lifetime (nothing when !enabled); the cast cache
 // is cleared on exit, as torch.autocast does.
 class AutocastScope {

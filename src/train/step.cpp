@@ -4,8 +4,9 @@
 
 #include <torch/torch.h>
 
-#include "dist/comm.h"
-#include "util/common.h"
+#include "parallel/comm.h"
+#include "util/error.h"
+#include "util/timer.h"
 
 namespace hd::train {
 
@@ -35,9 +36,9 @@ TrainStep::TrainStep(Task& task, const StepConfig& cfg) : task_(task), cfg_(cfg)
 
 TrainStep::~TrainStep() = default;
 
-void TrainStep::join(std::shared_ptr<dist::Comm> comm) {
+void TrainStep::join(std::shared_ptr<parallel::Comm> comm) {
   comm_ = std::move(comm);
-  reducer_ = comm_ ? std::make_unique<dist::GradReducer>(comm_, params_) : nullptr;
+  reducer_ = comm_ ? std::make_unique<parallel::GradReducer>(comm_, params_) : nullptr;
 }
 
 StepStats TrainStep::run(data::Batch& batch, double lr, int64_t step, bool stop_requested) {

@@ -17,10 +17,10 @@
 #include "train/optim.h"
 #include "train/precision.h"
 
-namespace hd::dist {
+namespace hd::parallel {
 class Comm;
 class GradReducer;
-}  // namespace hd::dist
+}  // namespace hd::parallel
 
 namespace hd::train {
 
@@ -71,7 +71,7 @@ class TrainStep {
 
   // Data parallel from now on: losses and gradients are averaged over `comm`'s ranks. Call once
   // every rank holds the same starting state.
-  void join(std::shared_ptr<dist::Comm> comm);
+  void join(std::shared_ptr<parallel::Comm> comm);
 
   // One step on `batch` (copied to the device) at learning rate `lr`. `step` names the step in
   // errors; `stop_requested` is this rank's wish to stop after it, combined with the other
@@ -88,8 +88,8 @@ class TrainStep {
   StepConfig cfg_;
   std::vector<torch::Tensor> params_;
   std::unique_ptr<AdamW> opt_;
-  std::shared_ptr<dist::Comm> comm_;
-  std::unique_ptr<dist::GradReducer> reducer_;
+  std::shared_ptr<parallel::Comm> comm_;
+  std::unique_ptr<parallel::GradReducer> reducer_;
 };
 
 }  // namespace hd::train

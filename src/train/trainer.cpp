@@ -17,10 +17,12 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
-#include "dist/comm.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
-#include "util/common.h"
+#include "parallel/comm.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
+#include "util/timer.h"
 
 namespace hd::train {
 
@@ -87,8 +89,6 @@ void remove_stale_temporaries(const std::string& dir) {
   }
 }
 
-}  // namespace
-
 // Creates the run folder and fails early (before hours of work) if it is not writable.
 void prepare_run_folder(const std::string& dir) {
   std::error_code ec;
@@ -151,7 +151,7 @@ Position resume_from(const std::string& path, torch::nn::Module& module, AdamW& 
 
 // Every rank starts from rank 0's state: weights (and buffers), optimiser state, position. The
 // random draws (drop path, random masks) of the other ranks then differ, as their images do.
-void sync_ranks(dist::Comm& comm, torch::nn::Module& module, AdamW& opt, Position& pos, uint64_t seed) {
+void sync_ranks(parallel::Comm& comm, torch::nn::Module& module, AdamW& opt, Position& pos, uint64_t seed) {
   std::vector<torch::Tensor> sync;
   for (auto& p : module.parameters(true)) sync.push_back(p);
   for (auto& b : module.buffers(true)) sync.push_back(b);
@@ -342,7 +342,7 @@ StepConfig step_config(const TrainConfig& cfg) {
 
 TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg_in) {
   TrainConfig cfg = cfg_in;
-  dist::Comm* comm = cfg.comm.get();
+  parallel::Comm* comm = cfg.comm.get();
   const bool main_rank = !comm || comm->is_main();
   const int64_t world = comm ? comm->size() : 1;
   if (loader.config().world_size != world || loader.config().rank != (comm ? comm->rank() : 0))

@@ -19,7 +19,7 @@
 #include "train/precision.h"
 #include "train/step.h"
 
-namespace hd::dist {
+namespace hd::parallel {
 class Comm;
 }
 
@@ -50,11 +50,11 @@ struct TrainConfig {
   // Data parallel: null for one process. Otherwise every rank runs train() with a loader sharded
   // for it (LoaderConfig rank / world_size, batch = global batch / world size). Rank 0's weights
   // (or its checkpoint, on --resume) are broadcast at the start, gradients are averaged during
-  // backward (dist::GradReducer), logged losses are means over the ranks, and only rank 0
+  // backward (parallel::GradReducer), logged losses are means over the ranks, and only rank 0
   // writes anything (run folder, metrics, checkpoints, final artefacts). The checkpoint's
   // position counts whole global batches, so a run resumes under any world size that divides
   // the global batch.
-  std::shared_ptr<dist::Comm> comm;
+  std::shared_ptr<parallel::Comm> comm;
 };
 
 // The step's settings of a run.

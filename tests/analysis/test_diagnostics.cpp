@@ -9,7 +9,7 @@
 #include "analysis/diagnostics.h"
 #include "analysis/plots.h"
 #include "model/config.h"
-#include "util/common.h"
+#include "util/error.h"
 
 using namespace hd;
 using namespace hd::analysis;

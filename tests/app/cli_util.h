@@ -1,4 +1,5 @@
-// Helpers of the command-line tests: run the binary as a user would, scratch folders, files.
+// Helpers of the command-line tests: run the binary as a user would, read its JSON (scratch
+// folders and files come from tests/test_util.h).
 #pragma once
 
 #include <sys/wait.h>
@@ -10,6 +11,8 @@
 #include <string>
 
 #include <nlohmann/json.hpp>
+
+#include "test_util.h"
 
 namespace hd::testing {
 
@@ -29,23 +32,6 @@ inline Result run(const std::string& args, const std::string& env = "") {
   return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), out};
 }
 
-// A fresh, empty folder under the system's temporary folder.
-inline std::string scratch(const std::string& suite, const std::string& name) {
-  auto d = std::filesystem::temp_directory_path() / ("hd_test_" + suite) / name;
-  std::filesystem::remove_all(d);
-  std::filesystem::create_directories(d);
-  return d.string();
-}
-
-inline std::string slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::ostringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
-
 inline nlohmann::json read_json(const std::string& path) { return nlohmann::json::parse(slurp(path)); }
-
-inline bool contains(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
 
 }  // namespace hd::testing

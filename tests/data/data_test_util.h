@@ -1,5 +1,5 @@
-// Helpers shared by the data-pipeline tests: temporary folders, hand-made IDX files, a synthetic
-// in-memory data set.
+// Helpers shared by the data-pipeline tests: hand-made IDX files, a synthetic in-memory data set
+// (temporary folders come from tests/test_util.h).
 #pragma once
 
 #include <unistd.h>
@@ -17,33 +17,12 @@
 #include <torch/torch.h>
 
 #include "data/dataset.h"
-#include "util/common.h"
+#include "test_util.h"
+#include "util/error.h"
 
 namespace hd::data::testing {
 
-// A fresh folder under the system temp directory, removed with everything in it on destruction.
-class TempDir {
- public:
-  explicit TempDir(const std::string& tag = "hd_data_test") {
-    static std::atomic<int> counter{0};
-    path_ = std::filesystem::temp_directory_path() /
-            (tag + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    std::filesystem::remove_all(path_);
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  std::string path() const { return path_.string(); }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  std::filesystem::path path_;
-};
+using hd::testing::TempDir;
 
 inline void append_be32(std::vector<uint8_t>& out, uint32_t v) {
   out.push_back(static_cast<uint8_t>(v >> 24));

@@ -8,7 +8,7 @@
 
 #include "distill/recipe.h"
 #include "model/checkpoint.h"
-#include "util/common.h"
+#include "util/error.h"
 
 using namespace hd::distill;
 namespace fs = std::filesystem;

@@ -13,7 +13,8 @@
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 #include "train/trainer.h"
-#include "util/common.h"
+#include "util/error.h"
+#include "util/threads.h"
 
 using namespace hd;
 using namespace hd::distill;

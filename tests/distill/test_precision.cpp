@@ -13,7 +13,8 @@
 #include "distill/task.h"
 #include "model/checkpoint.h"
 #include "train/precision.h"
-#include "util/common.h"
+#include "util/error.h"
+#include "util/threads.h"
 
 using namespace hd;
 namespace fs = std::filesystem;

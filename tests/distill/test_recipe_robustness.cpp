@@ -12,7 +12,7 @@
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
-#include "util/common.h"
+#include "util/error.h"
 
 namespace fs = std::filesystem;
 using namespace hd;

@@ -14,7 +14,7 @@
 
 #include <torch/torch.h>
 
-#include "util/common.h"
+#include "util/error.h"
 
 namespace {
 

@@ -9,7 +9,7 @@
 #include <string>
 
 #include "io/safetensors.h"
-#include "util/common.h"
+#include "util/error.h"
 
 namespace fs = std::filesystem;
 using namespace hd;

@@ -6,7 +6,7 @@
 
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
-#include "util/common.h"
+#include "util/error.h"
 
 using namespace hd;
 using namespace hd::model;

@@ -17,7 +17,8 @@
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 #include "model/interop.h"
-#include "util/common.h"
+#include "test_util.h"
+#include "util/error.h"
 
 #ifndef HD_SOURCE_DIR
 #define HD_SOURCE_DIR HD_TEST_DATA_DIR "/../.."
@@ -66,14 +67,7 @@ int reference(const std::string& args, const std::string& log) {
     ASSERT_EQ(rc_, 0) << slurp(log);                                          \
   } while (0)
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const hd::Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using hd::testing::error_of;
 
 bool has(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
 

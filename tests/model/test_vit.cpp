@@ -7,7 +7,7 @@
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 #include "model/vit.h"
-#include "util/common.h"
+#include "util/error.h"
 
 using namespace hd;
 using namespace hd::model;

@@ -21,8 +21,9 @@
 #include "data/data_test_util.h"
 #include "data/loader.h"
 #include "io/safetensors.h"
+#include "test_util.h"
 #include "train/trainer.h"
-#include "util/common.h"
+#include "util/error.h"
 
 namespace fs = std::filesystem;
 using namespace hd;
@@ -86,14 +87,7 @@ train::TrainConfig tiny_config(const std::string& dir) {
   return tc;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no hd::Error)";
-}
+using hd::testing::error_of;
 
 int64_t checkpoint_step(const std::string& path) {
   return std::stoll(io::SafeTensorsFile::open(path).metadata().at("step"));

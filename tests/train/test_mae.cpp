@@ -6,7 +6,7 @@
 #include <cmath>
 
 #include "train/mae.h"
-#include "util/common.h"
+#include "util/threads.h"
 
 using namespace hd;
 

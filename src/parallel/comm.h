@@ -12,7 +12,7 @@
 #include <c10/core/Device.h>
 #include <torch/types.h>
 
-namespace hd::dist {
+namespace hd::parallel {
 
 // The process's place in a job, from RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT.
 struct Env {
@@ -89,4 +89,4 @@ class GradReducer {
   std::vector<unsigned> hooks_;
 };
 
-}  // namespace hd::dist
+}  // namespace hd::parallel

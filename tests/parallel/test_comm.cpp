@@ -15,11 +15,12 @@
 
 #include <torch/torch.h>
 
-#include "dist/comm.h"
-#include "util/common.h"
+#include "parallel/comm.h"
+#include "test_util.h"
+#include "util/error.h"
 
 using namespace hd;
-using namespace hd::dist;
+using namespace hd::parallel;
 
 namespace {
 
@@ -68,14 +69,7 @@ struct EnvGuard {
   }
 };
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using hd::testing::error_of;
 
 }  // namespace
 

@@ -11,6 +11,7 @@
 #include "data/image_codec.h"
 #include "data/image_folder.h"
 #include "data/loader.h"
+#include "test_util.h"
 
 using namespace hd::data;
 using namespace hd::data::testing;
@@ -27,14 +28,7 @@ torch::Tensor test_picture(int64_t h, int64_t w, int64_t channels = 3, int seed 
   return v.round().clamp(0, 255).to(torch::kUInt8).contiguous();
 }
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const hd::Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using hd::testing::error_of;
 
 void mkdirs(const std::string& p) { fs::create_directories(p); }
 

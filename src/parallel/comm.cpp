@@ -1,4 +1,4 @@
-#include "dist/comm.h"
+#include "parallel/comm.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -23,10 +23,10 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
-#include "util/common.h"
+#include "util/error.h"
 #include "util/parse.h"
 
-namespace hd::dist {
+namespace hd::parallel {
 
 namespace {
 
@@ -350,4 +350,4 @@ void GradReducer::finish() {
   }
 }
 
-}  // namespace hd::dist
+}  // namespace hd::parallel

@@ -1,4 +1,4 @@
-#include "train/inputs.h"
+#include "train/model_transform.h"
 
 namespace hd::train {
 

@@ -1,4 +1,4 @@
-#include "train/evaluate.h"
+#include "eval/evaluate.h"
 
 #include <filesystem>
 
@@ -6,9 +6,9 @@
 
 #include "io/safetensors.h"
 #include "train/optim.h"
-#include "util/common.h"
+#include "util/error.h"
 
-namespace hd::train {
+namespace hd::eval {
 
 Pool parse_pool(const std::string& s) {
   if (s == "cls") return Pool::Cls;
@@ -36,6 +36,17 @@ void eval_batches(model::VisionTransformer& model, data::DataLoader& loader, int
     n += images.size(0);
   }
   model->train(was_training);
+}
+
+double evaluate_top1(model::VisionTransformer& model, data::DataLoader& loader, const c10::Device& device,
+                     int64_t limit) {
+  int64_t correct = 0, total = 0;
+  eval_batches(model, loader, limit, [&](const torch::Tensor& images, const torch::Tensor& labels) {
+    auto pred = model->forward(images.to(device)).argmax(-1).cpu();
+    correct += (pred == labels).sum().item<int64_t>();
+    total += labels.size(0);
+  });
+  return total ? static_cast<double>(correct) / total : 0.0;
 }
 
 FeatureSet extract_features(model::VisionTransformer& model, data::DataLoader& loader, Pool pool,
@@ -120,9 +131,9 @@ ProbeResult linear_probe(const FeatureSet& train, const FeatureSet& test, int64_
   torch::Generator gen = at::detail::createCPUGenerator(cfg.seed);
   r.weight = torch::zeros({num_classes, D}).normal_(0, 0.01, gen).requires_grad_(true);
   r.bias = torch::zeros({num_classes}).requires_grad_(true);
-  AdamWConfig ac;
+  train::AdamWConfig ac;
   ac.weight_decay = cfg.weight_decay;
-  AdamW opt({{"weight", r.weight, true}, {"bias", r.bias, false}}, ac);
+  train::AdamW opt({{"weight", r.weight, true}, {"bias", r.bias, false}}, ac);
   const int64_t per_epoch = (N + cfg.batch - 1) / cfg.batch, total = per_epoch * cfg.epochs;
   int64_t step = 0;
   for (int64_t e = 0; e < cfg.epochs; ++e) {
@@ -133,7 +144,7 @@ ProbeResult linear_probe(const FeatureSet& train, const FeatureSet& test, int64_
       auto loss = torch::nn::functional::cross_entropy(logits, train.labels.index_select(0, idx));
       opt.zero_grad();
       loss.backward();
-      opt.step(cosine_lr(step, total, 0, cfg.lr, 0.0));
+      opt.step(train::cosine_lr(step, total, 0, cfg.lr, 0.0));
     }
   }
   torch::NoGradGuard ng;
@@ -144,4 +155,4 @@ ProbeResult linear_probe(const FeatureSet& train, const FeatureSet& test, int64_
   return r;
 }
 
-}  // namespace hd::train
+}  // namespace hd::eval

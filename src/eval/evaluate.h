@@ -11,7 +11,7 @@
 #include "data/loader.h"
 #include "model/vit.h"
 
-namespace hd::train {
+namespace hd::eval {
 
 enum class Pool { Cls, Mean };
 Pool parse_pool(const std::string& s);  // "cls" | "mean"
@@ -42,6 +42,11 @@ bool load_features(const std::string& path, const std::string& key, FeatureSet& 
 torch::Tensor knn_scores(const FeatureSet& train, const torch::Tensor& test_features, int64_t k, double temperature,
                          int64_t num_classes);
 
+// Top-1 accuracy (0..1) of `model`'s classifier over `loader`'s epoch 0 (at most `limit` images;
+// 0: all), in eval mode.
+double evaluate_top1(model::VisionTransformer& model, data::DataLoader& loader, const c10::Device& device,
+                     int64_t limit = 0);
+
 // Top-1 accuracy (0..1) of class scores [N,C] against labels [N].
 double top1(const torch::Tensor& scores, const torch::Tensor& labels);
 
@@ -64,4 +69,4 @@ struct ProbeResult {
 // cross-entropy; deterministic for a seed.
 ProbeResult linear_probe(const FeatureSet& train, const FeatureSet& test, int64_t num_classes, const ProbeConfig& cfg);
 
-}  // namespace hd::train
+}  // namespace hd::eval

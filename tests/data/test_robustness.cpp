@@ -10,20 +10,14 @@
 #include "data/data_test_util.h"
 #include "data/idx.h"
 #include "data/image_codec.h"
+#include "test_util.h"
 
 using namespace hd::data;
 using namespace hd::data::testing;
 
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const hd::Error& e) {
-    return e.what();
-  }
-  return "(no hd::Error)";
-}
+using hd::testing::error_of;
 
 void append_chunk(std::vector<uint8_t>& png, const char* type, const std::vector<uint8_t>& data) {
   append_be32(png, static_cast<uint32_t>(data.size()));

@@ -5,10 +5,12 @@
 #include <torch/torch.h>
 
 #include "app/commands.h"
-#include "dist/comm.h"
-#include "train/inputs.h"
-#include "util/common.h"
+#include "parallel/comm.h"
+#include "train/model_transform.h"
+#include "util/atomic_file.h"
+#include "util/error.h"
 #include "util/parse.h"
+#include "util/threads.h"
 
 namespace hd::cli {
 
@@ -38,13 +40,13 @@ train::Precision precision_of(const Runtime& rt, const c10::Device& device) {
 bool setup_training(const Runtime& rt, train::TrainConfig& tc, data::LoaderConfig& lc) {
   tc.precision = precision_of(rt, tc.device);
   lc.pin_memory = tc.device.is_cuda();
-  const auto env = dist::env_from_environment();
+  const auto env = parallel::env_from_environment();
   if (!env.distributed()) return true;
   if (lc.batch_size % env.world_size != 0)
     throw Error("batch " + std::to_string(lc.batch_size) + " (the global batch) is not divisible by WORLD_SIZE=" +
                 std::to_string(env.world_size));
   if (!(rt.dist_timeout > 0)) throw Error("--dist-timeout must be positive");
-  tc.comm = dist::Comm::join(env, tc.device, std::chrono::milliseconds(static_cast<int64_t>(rt.dist_timeout * 1000)));
+  tc.comm = parallel::Comm::join(env, tc.device, std::chrono::milliseconds(static_cast<int64_t>(rt.dist_timeout * 1000)));
   lc.batch_size /= env.world_size;
   lc.rank = env.rank;
   lc.world_size = env.world_size;
@@ -64,7 +66,7 @@ c10::Device apply_runtime(const Runtime& rt) {
     throw Error("--device " + rt.device + ": this build of LibTorch has no usable CUDA device");
   if (!dev.is_cuda() || dev.has_index()) return dev;
   // One GPU per local process.
-  if (const auto env = dist::env_from_environment(); env.distributed()) {
+  if (const auto env = parallel::env_from_environment(); env.distributed()) {
     if (env.local_rank >= static_cast<int64_t>(torch::cuda::device_count()))
       throw Error("LOCAL_RANK=" + std::to_string(env.local_rank) + " but only " +
                   std::to_string(torch::cuda::device_count()) + " CUDA device(s) are visible");
