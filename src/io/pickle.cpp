@@ -500,6 +500,11 @@ class Unpickler {
           fail(fn + ": the view's extent overflows");
       }
     const auto storage_numel = static_cast<uint64_t>(st.numel);
+    // More elements than the storage holds (an expanded view, stride 0) would be materialised at
+    // their full size: a few bytes of pickle could ask for terabytes. State dicts never do that.
+    if (!empty && numel > storage_numel)
+      fail(fn + ": a view of " + std::to_string(numel) + " elements of a storage of " + std::to_string(st.numel) +
+           " (expanded tensors are not read)");
     if (empty ? last > storage_numel : last >= storage_numel)
       fail(fn + ": the view (offset " + std::to_string(t.offset) + ", last element " + std::to_string(last) +
            ") lies outside its storage '" + st.key + "' of " + std::to_string(st.numel) + " elements");

@@ -181,6 +181,11 @@ struct TorchFile::Impl {
   };
   std::map<std::string, Legacy> legacy;
 
+  Error compressed(const std::string& entry) const {
+    return Error(path + ": not a valid torch.save zip archive: entry '" + entry +
+                 "' is compressed (torch.save writes stored entries)");
+  }
+
   mutable std::mutex mu;
   mutable std::unordered_map<std::string, at::Tensor> storages;  // key -> 1-D tensor
 
@@ -207,7 +212,7 @@ struct TorchFile::Impl {
       where = prefix + "data/" + s.key;
       auto e = entries.find(where);
       if (e == entries.end()) throw Error(path + ": " + where + ": no such entry in the archive");
-      if (!e->second.stored) throw Error(path + ": " + where + ": the entry is compressed (torch.save stores them)");
+      if (!e->second.stored) throw compressed(where);
       numel = static_cast<uint64_t>(s.numel);
       if (numel > e->second.size / elem)
         throw Error(path + ": " + where + ": " + std::to_string(numel) + " elements of " + std::to_string(elem) +
@@ -247,7 +252,7 @@ struct TorchFile::Impl {
         throw Error(path + ": " + prefix + "byteorder: '" + order.substr(0, 16) + "' is neither 'little' nor 'big'");
     }
     const ZipEntry& pkl = entries.at(prefix + "data.pkl");
-    if (!pkl.stored) throw Error(path + ": " + prefix + "data.pkl: the entry is compressed (torch.save stores it)");
+    if (!pkl.stored) throw compressed(prefix + "data.pkl");
     doc = pickle::parse(file->data() + pkl.data, pkl.size, path + ": " + prefix + "data.pkl");
   }
 
@@ -325,6 +330,7 @@ TorchFile TorchFile::open(const std::string& path) {
 const std::string& TorchFile::path() const { return impl_->path; }
 const std::string& TorchFile::format() const { return impl_->format; }
 const pickle::Value& TorchFile::root() const { return impl_->doc.root(); }
+const pickle::Document& TorchFile::document() const { return impl_->doc; }
 
 at::Tensor TorchFile::tensor(const pickle::Value& v) const {
   if (v.kind != Kind::Tensor) throw Error(impl_->path + ": a " + v.type_name() + " where a tensor is expected");

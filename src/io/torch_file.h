@@ -34,6 +34,8 @@ class TorchFile {
   const std::string& format() const;
   // What the object pickle holds.
   const pickle::Value& root() const;
+  // Every value of the object pickle (root() among them).
+  const pickle::Document& document() const;
 
   // The CPU tensor of a Tensor value of root(): its dtype, sizes and strides as saved.
   at::Tensor tensor(const pickle::Value& v) const;
