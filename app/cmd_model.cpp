@@ -11,6 +11,7 @@
 #include "model/checkpoint.h"
 #include "model/config.h"
 #include "model/interop.h"
+#include "model/timm_hub.h"
 #include "model/vit.h"
 #include "util/format.h"
 

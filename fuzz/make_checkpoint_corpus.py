@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the seed corpus fuzz/corpus/checkpoint/: small torch.save files of the shapes
 published checkpoints come in (needs python3-torch; run with /usr/bin/python3)."""
-import collections, io, os
+import argparse, collections, io, os
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -35,3 +35,20 @@ save("clip_visual.pth", {"visual.class_embedding": torch.zeros(8), "visual.posit
                          "token_embedding.weight": torch.zeros(10, 4)})
 save("bf16_fp16.pth", {"a": torch.ones(3, dtype=torch.bfloat16), "b": torch.ones(2, 2, dtype=torch.float16)})
 save("not_a_dict.pth", [torch.ones(2)])
+save("extras.pth", {"model": collections.OrderedDict(vit()), "epoch": 3, "args": argparse.Namespace(lr=0.1),
+                    "optimizer": {"state": {0: {"momentum_buffer": torch.ones(2)}}, "param_groups": [{"lr": 0.1}]}})
+base = torch.arange(12.0)
+save("views.pth", {"base": base, "offset": base[3:7], "strided": base.view(3, 4).t()})
+
+
+class Tiny(torch.nn.Module):  # a TorchScript archive, as OpenAI's CLIP .pt files are
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, 2, 2, 2, bias=False)
+        self.class_embedding = torch.nn.Parameter(torch.zeros(2))
+
+    def forward(self, x):
+        return self.conv1(x) + self.class_embedding.sum()
+
+
+torch.jit.save(torch.jit.script(Tiny()), os.path.join(OUT, "torchscript.pt"))

@@ -10,6 +10,7 @@
 
 #include "io/safetensors.h"
 #include "model/interop.h"
+#include "model/timm_hub.h"
 #include "util/error.h"
 
 namespace hd::model {

@@ -1,13 +1,13 @@
 // Published ViT checkpoints in, timm-format models out.
 //
-// Reading: the container is recognised by its bytes (safetensors, or torch.save's zip format
-// through LibTorch's unpickler); wrapper dicts ({"model": ...}, {"state_dict": ...}) are
-// unwrapped and key prefixes (`module.`, `model.`, `visual.`, `backbone.`, ...) stripped; the
-// naming convention (timm, OpenAI CLIP, torchvision) is detected and renamed to timm's through a
-// table of rules; the positional embedding is resampled when the file's grid differs from the
-// model's, and the classifier follows the file.
-// Writing: `export_timm` writes model.safetensors + config.json as timm's Hugging Face hub
-// layout, loadable by timm.create_model.
+// Reading: the container is recognised by its bytes (safetensors, or a torch.save / torch.jit.save
+// file through the project's own restricted reader, io/torch_file.h); wrapper dicts
+// ({"model": ...}, {"state_dict": ...}) are unwrapped, TorchScript modules flattened into
+// parameter names, and key prefixes (`module.`, `model.`, `visual.`, `backbone.`, ...)
+// stripped; the naming convention (timm, OpenAI CLIP, torchvision) is detected and renamed to
+// timm's through a table of rules; the positional embedding is resampled when the file's grid
+// differs from the model's, and the classifier follows the file.
+// Writing timm's Hugging Face hub layout: model/timm_hub.h.
 #pragma once
 
 #include <map>
@@ -22,22 +22,23 @@ namespace hd::model {
 
 // The tensors of a checkpoint file as stored (names untouched, wrappers already unwrapped).
 struct CheckpointFile {
-  std::string format;                           // "safetensors" or "torch" (torch.save zip)
+  std::string format;  // "safetensors", "torch" (torch.save zip), "torchscript" (torch.jit.save
+                       // archive) or "torch_legacy" (pre-1.6 torch.save)
   NamedTensors tensors;
   std::map<std::string, std::string> metadata;  // safetensors __metadata__ (empty for torch)
   std::vector<std::string> notes;               // e.g. "using the 'model' entry of the file"
 };
 
-// The container of `path` by its first bytes: "torch" (torch.save's zip archive),
-// "torch_legacy" (a pre-1.6 torch.save pickle) or "safetensors" (anything else, for the
-// safetensors reader to judge).
+// The container of `path` by its first bytes: "torch" (a zip archive: torch.save or
+// torch.jit.save), "torch_legacy" (a pre-1.6 torch.save pickle) or "safetensors" (anything
+// else, for the safetensors reader to judge).
 std::string checkpoint_format(const std::string& path);
 
-// Reads every tensor of `path`. torch.save files must hold a plain dict of tensors, possibly in a
-// wrapper entry (see wrapper_keys()); non-tensor entries (epoch, args, ...) are skipped. A
-// collections.OrderedDict (what torch.save(model.state_dict()) writes) cannot be rebuilt by
-// LibTorch, and neither can pickled Python objects: both give an hd::Error naming the file with
-// the one-line Python conversion.
+// Reads every tensor of `path`. torch.save files hold a dict or collections.OrderedDict of
+// tensors, possibly in a wrapper entry (see wrapper_keys()); entries that are not tensors
+// (epoch, args, optimizer state, numpy scalars, ...) are skipped and listed in the notes, never
+// executed. A torch.jit.save archive (OpenAI's CLIP .pt files) gives its module's parameters
+// under dotted names. Anything else is an hd::Error naming the file.
 CheckpointFile read_checkpoint_file(const std::string& path);
 
 // Wrapper entries looked into, in order, when a torch.save dict has no tensors at its top level.
@@ -95,18 +96,5 @@ torch::Tensor resample_pos_embed(const torch::Tensor& pos, int64_t new_h, int64_
 // classifier follows the file (its class count, its bias, or none at all). Notes are appended.
 // Shapes that cannot be reconciled are left for load_state to report.
 void fit_to_config(Conversion& c, ViTConfig& cfg, const std::string& origin);
-
-// timm's Hugging Face hub config.json for `cfg`: {"architecture", "num_classes", "num_features",
-// "global_pool", "model_args", "pretrained_cfg"}. hd::Error if timm's VisionTransformer cannot
-// express the model (a LayerNorm eps other than 1e-6 / 1e-5, a patch-embedding bias that
-// differs from `not pre_norm`).
-std::string timm_hub_config(const ViTConfig& cfg);
-// Reads such a config.json: the architecture (a preset name, with its pretrained tag, if one
-// matches; otherwise timm's defaults) overridden by model_args and pretrained_cfg.
-ViTConfig config_from_timm_hub(const std::string& text, const std::string& origin);
-
-// Writes DIR/model.safetensors (timm names, float32, a zero head bias where the model has none,
-// the config also in the metadata) and DIR/config.json. Returns the two paths.
-std::vector<std::string> export_timm(VisionTransformer& model, const std::string& dir);
 
 }  // namespace hd::model
