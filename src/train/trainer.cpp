@@ -19,6 +19,7 @@
 
 #include "dist/comm.h"
 #include "io/safetensors.h"
+#include "io/tfevents.h"
 #include "model/checkpoint.h"
 #include "util/common.h"
 
@@ -77,6 +78,16 @@ void remove_stale_temporaries(const std::string& dir) {
         name.find_first_not_of("0123456789", tmp + 4) == std::string::npos)
       fs::remove(it->path(), ec);
   }
+}
+
+// The numbers of a metrics.jsonl line as TensorBoard scalars "train/<key>" (step and time are
+// the event's own fields), plus throughput where it is known (images_per_s >= 0).
+io::Scalars event_scalars(const nlohmann::json& rec, double images_per_s) {
+  io::Scalars out;
+  for (auto& [k, v] : rec.items())
+    if (v.is_number() && k != "step" && k != "time") out.emplace_back("train/" + k, v.get<double>());
+  if (images_per_s >= 0) out.emplace_back("train/images_per_s", images_per_s);
+  return out;
 }
 
 }  // namespace
@@ -217,6 +228,11 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg_i
   }
   std::ofstream metrics;
   if (main_rank) metrics.open(metrics_path, std::ios::app);
+  std::unique_ptr<io::EventsWriter> events;
+  if (main_rank) {
+    io::trim_events_files(cfg.run_dir, pos.step);
+    if (cfg.tensorboard) events = std::make_unique<io::EventsWriter>(cfg.run_dir);
+  }
 
   auto last_good = [&] {
     std::error_code ec;
@@ -224,8 +240,10 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg_i
   };
   auto save_checkpoint = [&](const Position& p) {
     if (!main_rank) return;
-    // metrics.jsonl covers at least the steps the checkpoint does, whenever the run is killed.
+    // metrics.jsonl (and the events file) cover at least the steps the checkpoint does, whenever
+    // the run is killed.
     metrics.flush();
+    if (events) events->flush();
     // A finite loss can still come with non-finite gradients (and clipping may be off): never
     // replace the last good checkpoint with broken parameters.
     for (auto& np : module.named_parameters(true))
@@ -350,12 +368,14 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg_i
       if (main_rank) metrics << rec.dump() << "\n";
 
       const bool log_now = pos.step % std::max<int64_t>(1, cfg.log_every) == 0 || pos.step == total;
+      if (events) events->add(pos.step - 1, event_scalars(rec, log_now ? images_done / std::max(wall.seconds(), 1e-9) : -1));
       if (log_now) {
         double mean = window_loss / window_n;
         if (first_window) result.first_loss = mean;
         first_window = false;
         result.last_loss = mean;
         if (main_rank) metrics.flush();
+        if (events) events->flush();
         if (!cfg.quiet) {
           double el = wall.seconds();
           double ips = images_done / std::max(el, 1e-9);
