@@ -1,4 +1,5 @@
 // `data`: summarise a data set and measure whether the loader keeps up with a model.
+// `make-shards`: write a data set as WebDataset tar shards.
 #include <cstdio>
 
 #include <torch/torch.h>
@@ -6,6 +7,7 @@
 #include "app/commands.h"
 #include "data/dataset.h"
 #include "data/loader.h"
+#include "data/webdataset.h"
 #include "model/vit.h"
 #include "train/model_transform.h"
 #include "util/timer.h"
@@ -24,7 +26,7 @@ void add_data(CLI::App& app) {
     Runtime rt;
   };
   auto o = std::make_shared<Opts>();
-  sub->add_option("-d,--data", o->data, "fashion-mnist, fashion-mnist:DIR, or an ImageFolder root");
+  sub->add_option("-d,--data", o->data, "fashion-mnist, fashion-mnist:DIR, wds:SHARDS or an ImageFolder root");
   sub->add_option("--split", o->split, "train, test or val");
   sub->add_option("-a,--arch", o->arch, "model preset: input size, channels, mean/std, and the model timed");
   sub->add_option("-b,--batch", o->batch, "batch size")->check(CLI::PositiveNumber);
@@ -38,7 +40,7 @@ void add_data(CLI::App& app) {
   sub->callback([o] {
     auto device = apply_runtime(o->rt);
     Timer t_open;
-    auto ds = data::open_dataset(o->data, o->split);
+    auto ds = data::open_dataset(o->data, o->split, {o->skip_bad});
     std::printf("%s: %zu images, %zu classes (opened in %.2f s)\n", ds->name().c_str(), ds->size(),
                 ds->class_names().size(), t_open.seconds());
     std::vector<int64_t> counts(ds->class_names().size(), 0);
@@ -88,6 +90,26 @@ void add_data(CLI::App& app) {
     std::printf("with %s fwd+bwd: %.0f images/s; waiting for data %.1f%% of the time\n", cfg.name.c_str(),
                 imgs2 / secs2, 100.0 * wait2 / secs2);
     if (loader.skipped_total()) std::printf("skipped %ld unreadable images\n", (long)loader.skipped_total());
+  });
+
+  auto* shards = app.add_subcommand(
+      "make-shards", "Write a data set as WebDataset tar shards (<key>.jpg|png + <key>.cls) and classes.txt");
+  struct ShardOpts {
+    std::string data = "fashion-mnist", split = "train", out, prefix;
+    int64_t per_shard = 1000;
+  };
+  auto so = std::make_shared<ShardOpts>();
+  shards->add_option("-d,--data", so->data, "fashion-mnist, fashion-mnist:DIR, wds:SHARDS or an ImageFolder root");
+  shards->add_option("--split", so->split, "split to write");
+  shards->add_option("-o,--out", so->out, "folder of the shards")->required();
+  shards->add_option("--prefix", so->prefix, "shard file names PREFIX-000000.tar, ... (default: the split)");
+  shards->add_option("--per-shard", so->per_shard, "samples per shard")->check(CLI::PositiveNumber);
+  shards->callback([so] {
+    Timer t;
+    auto ds = data::open_dataset(so->data, so->split);
+    const std::string spec = data::write_shards(*ds, so->out, so->prefix.empty() ? so->split : so->prefix, so->per_shard);
+    std::printf("%s: %zu samples, %zu classes written in %.1f s; read them with --data 'wds:%s'\n", ds->name().c_str(),
+                ds->size(), ds->class_names().size(), t.seconds(), spec.c_str());
   });
 }
 

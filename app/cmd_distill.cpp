@@ -38,7 +38,7 @@ void add_distill(CLI::App& app) {
   struct Opts {
     std::string recipe, out;
     std::vector<std::string> set;
-    bool resume = false, force = false, quiet = false;
+    bool resume = false, force = false, quiet = false, no_tensorboard = false, skip_bad = false;
     int64_t max_steps = -1, stop_after = 0;
     Runtime rt;
   };
@@ -52,14 +52,17 @@ void add_distill(CLI::App& app) {
   sub->add_option("--max-steps", o->max_steps, "stop after this many steps (-1: the recipe's)");
   sub->add_flag("-q,--quiet", o->quiet, "no progress output");
   sub->add_option("--stop-after", o->stop_after, "save a checkpoint and stop after this step (continue with --resume)");
+  sub->add_flag("--no-tensorboard", o->no_tensorboard, "no TensorBoard events file in the run folder");
+  sub->add_flag("--skip-bad", o->skip_bad, "skip (and count) bad samples (unreadable images, bad shard members) instead of failing");
   add_training_runtime_options(sub, o->rt);
   sub->callback([o] {
     auto device = apply_runtime(o->rt);
     auto r = distill::load_recipe(o->recipe, o->set);
     if (o->max_steps >= 0) r.max_steps = o->max_steps;
     std::string run_dir = o->out.empty() ? "runs/" + r.name : o->out;
-    auto ds = data::open_dataset(r.data.dataset, r.data.split);
+    auto ds = data::open_dataset(r.data.dataset, r.data.split, {o->skip_bad});
     auto lc = distill::loader_config(r);
+    lc.skip_bad = o->skip_bad;
 
     auto tc = distill::train_config(r, run_dir);
     tc.resume = o->resume;
@@ -67,6 +70,7 @@ void add_distill(CLI::App& app) {
     tc.device = device;
     tc.quiet = o->quiet;
     tc.stop_at = o->stop_after;
+    tc.tensorboard = !o->no_tensorboard;
     setup_training(o->rt, tc, lc);
     auto d = build_distiller(r, device, tc.precision);
     data::DataLoader loader(ds, lc);

@@ -44,9 +44,10 @@ void add_pretrain(CLI::App& app) {
     model::VisionTransformer enc(cfg);
     train::MaskedAutoencoder mae(enc, o->mae);
     train::MaeTask task(mae);
-    auto ds = data::open_dataset(o->t.data, o->t.split);
+    auto ds = data::open_dataset(o->t.data, o->t.split, {o->t.skip_bad});
     auto lc = model_loader(cfg, true, o->t.batch, o->t.workers, static_cast<uint64_t>(o->t.seed));
     lc.transform.scale_min = o->scale_min;
+    lc.skip_bad = o->t.skip_bad;
     const auto& m = o->mae;
     std::string recipe = "command: pretrain-mae\nmodel: " + cfg.to_json() + "\nmask_ratio: " + std::to_string(m.mask_ratio) +
                          "\ndecoder: [" + std::to_string(m.decoder_dim) + ", " + std::to_string(m.decoder_depth) + ", " +

@@ -9,6 +9,7 @@
 #include "app/commands.h"
 #include "data/dataset.h"
 #include "eval/evaluate.h"
+#include "io/tfevents.h"
 #include "model/checkpoint.h"
 #include "model/interop.h"
 #include "train/classify.h"
@@ -29,7 +30,7 @@ struct ClassifierOpts {
 
 void run_classifier(const ClassifierOpts& o, bool finetune) {
   auto device = apply_runtime(o.rt);
-  auto ds = data::open_dataset(o.t.data, o.t.split);
+  auto ds = data::open_dataset(o.t.data, o.t.split, {o.t.skip_bad});
   model::ViTConfig cfg = finetune ? model::checkpoint_config(o.checkpoint, o.arch) : model::preset(o.arch);
   cfg.drop_path = o.drop_path;
   cfg.num_classes = static_cast<int64_t>(ds->class_names().size());  // the head follows the data set
@@ -59,6 +60,7 @@ void run_classifier(const ClassifierOpts& o, bool finetune) {
   train::ClassifyTask task(m, o.smoothing, finetune ? o.layer_decay : 1.0);
   auto lc = model_loader(cfg, true, o.t.batch, o.t.workers, static_cast<uint64_t>(o.t.seed));
   lc.transform.scale_min = o.scale_min;
+  lc.skip_bad = o.t.skip_bad;
   std::string recipe = std::string("command: ") + (finetune ? "finetune" : "train") + "\nmodel: " + cfg.to_json() +
                        "\nlabel_smoothing: " + std::to_string(o.smoothing) + "\nscale_min: " +
                        std::to_string(o.scale_min);
@@ -74,7 +76,7 @@ void run_classifier(const ClassifierOpts& o, bool finetune) {
                 ds->class_names().size(), (long)o.t.batch, tc.lr, o.t.out.c_str());
   auto res = train::train(task, loader, tc);
   if (!main_rank || res.interrupted || o.eval_split.empty()) return;
-  auto test = data::open_dataset(o.t.data, o.eval_split);
+  auto test = data::open_dataset(o.t.data, o.eval_split, {o.t.skip_bad});
   auto el = model_loader(cfg, false, o.t.batch, o.t.workers, 0);
   el.shuffle = o.eval_limit > 0;  // a subset: a fixed random one
   data::DataLoader eval_loader(test, el);
@@ -90,6 +92,7 @@ void run_classifier(const ClassifierOpts& o, bool finetune) {
                       {"precision", train::to_string(tc.precision)}};
   if (finetune) j["checkpoint"] = o.checkpoint;
   write_result(o.t.out, j);
+  if (!o.t.no_tensorboard) io::write_scalars(o.t.out, res.steps, {{"eval/top1", acc}});
   std::printf("%s: top-1 %.2f%% on %s (%ld images); model: %s/model.safetensors\n", finetune ? "finetune" : "train",
               100 * acc, test->name().c_str(), (long)n_eval, o.t.out.c_str());
 }

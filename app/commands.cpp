@@ -109,7 +109,7 @@ std::vector<int64_t> parse_layers(const std::string& spec, int64_t depth, const 
 }
 
 void add_train_options(CLI::App* sub, TrainOptions& o) {
-  sub->add_option("-d,--data", o.data, "fashion-mnist, fashion-mnist:DIR or an ImageFolder root");
+  sub->add_option("-d,--data", o.data, "fashion-mnist, fashion-mnist:DIR, wds:SHARDS (tar shards) or an ImageFolder root");
   sub->add_option("--split", o.split, "training split");
   sub->add_option("-o,--out", o.out, "run folder")->required();
   sub->add_option("-e,--epochs", o.epochs, "epochs");
@@ -129,6 +129,8 @@ void add_train_options(CLI::App* sub, TrainOptions& o) {
   sub->add_flag("--force", o.force, "start over in a used run folder, or resume despite changed options");
   sub->add_flag("-q,--quiet", o.quiet, "no progress output");
   sub->add_option("--stop-after", o.stop_after, "save a checkpoint and stop after this step (continue with --resume)");
+  sub->add_flag("--no-tensorboard", o.no_tensorboard, "no TensorBoard events file in the run folder");
+  sub->add_flag("--skip-bad", o.skip_bad, "skip (and count) bad samples (unreadable images, bad shard members) instead of failing");
 }
 
 train::TrainConfig train_config(const TrainOptions& o, const std::string& recipe, const c10::Device& device) {
@@ -149,6 +151,7 @@ train::TrainConfig train_config(const TrainOptions& o, const std::string& recipe
   tc.force = o.force;
   tc.quiet = o.quiet;
   tc.stop_at = o.stop_after;
+  tc.tensorboard = !o.no_tensorboard;
   tc.device = device;
   std::ostringstream r;
   r << recipe << "\ndata: " << o.data << ":" << o.split << "\nepochs: " << o.epochs << "\nbatch: " << o.batch
@@ -196,6 +199,7 @@ std::string write_result(const std::string& dir, nlohmann::json j) {
   std::filesystem::create_directories(dir);
   j["command"] = command_line();
   j["version"] = HD_VERSION;
+  j["build"] = build_info();
   const auto path = (std::filesystem::path(dir) / "result.json").string();
   const std::string text = j.dump(2) + "\n";
   atomic_write_file(path, [&](std::FILE* f) { std::fwrite(text.data(), 1, text.size(), f); });

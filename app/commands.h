@@ -63,7 +63,7 @@ struct TrainOptions {
   int64_t epochs = 10, batch = 128, max_steps = 0, seed = 0, checkpoint_every = 0, log_every = 20, stop_after = 0;
   double lr = 1e-3, base_batch = 256, min_lr = 1e-5, weight_decay = 0.05, warmup = 1, clip = 0;
   int workers = 2;
-  bool resume = false, force = false, quiet = false;
+  bool resume = false, force = false, quiet = false, no_tensorboard = false, skip_bad = false;
 };
 void add_train_options(CLI::App* sub, TrainOptions& o);
 // The trainer's config from the options (lr scaled by batch / base_batch); `recipe` is what
@@ -80,7 +80,12 @@ std::vector<int64_t> parse_layers(const std::string& spec, int64_t depth, const 
 // The command line this process was started with (shell-quoted), recorded in result files.
 void set_command_line(int argc, char** argv);
 const std::string& command_line();
-// Writes `j` plus "command" and "version" to DIR/result.json (atomically); returns its path.
+// Version, git commit ("unknown" without git; "-dirty" with uncommitted changes), LibTorch version
+// and visible devices ("cpu" or "cpu, cuda x N"), as --version prints them.
+nlohmann::json build_info();
+std::string version_text();
+// Writes `j` plus "command", "version" and "build" (build_info()) to DIR/result.json
+// (atomically); returns its path.
 std::string write_result(const std::string& dir, nlohmann::json j);
 
 // Directory of the source tree's bench/ scripts (compiled in), for the Python reference runs.

@@ -17,7 +17,8 @@ int main(int argc, char** argv) {
                "and a supervised/contrastive teacher (LibTorch)."};
   app.require_subcommand(1);
   app.option_defaults()->always_capture_default();
-  app.set_version_flag("--version", std::string(HD_VERSION));
+  app.set_version_flag("--version", [] { return hd::cli::version_text(); },
+                       "Print the version, the commit built from, LibTorch's version and the devices, and exit");
   hd::cli::add_presets(app);
   hd::cli::add_inspect(app);
   hd::cli::add_init(app);

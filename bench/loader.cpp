@@ -1,7 +1,8 @@
 // Data-loader throughput (images/s):
 //   - Fashion-MNIST (if installed), train transform at 28x28, batch 256;
 //   - a synthetic ImageFolder of 224x224 JPEGs written to /tmp, train and eval transforms at 224,
-// each with 1 and 2 workers. The consumer does nothing but take batches, so this is the
+// each with 1 and 2 workers; the same JPEGs as WebDataset tar shards (train transform, shard-wise
+// shuffle). The consumer does nothing but take batches, so this is the
 // loader's ceiling on this machine. Each row is the best of 3 timed runs.
 //
 // Usage: bench_loader [max_batches_fashion_mnist=100] [jpeg_images=320]
@@ -15,6 +16,7 @@
 #include "data/image_codec.h"
 #include "data/image_folder.h"
 #include "data/loader.h"
+#include "data/webdataset.h"
 #include "util/timer.h"
 
 using namespace hd::data;
@@ -117,6 +119,17 @@ int main(int argc, char** argv) {
         cfg.transform.size = 224;
         row("jpeg-folder 224x224", 224, train ? "train" : "eval", 32, workers, run(folder, cfg, 1 << 30));
       }
+    }
+    const std::string spec = write_shards(*folder, "/tmp/hd_bench_loader_wds_" + std::to_string(jpeg_images), "train", 100);
+    auto shards = open_webdataset(spec, "train");
+    for (int workers : {1, 2}) {
+      LoaderConfig cfg;
+      cfg.batch_size = 32;
+      cfg.num_workers = workers;
+      cfg.drop_last = false;
+      cfg.transform.train = true;
+      cfg.transform.size = 224;
+      row("jpeg-shards 224x224", 224, "train", 32, workers, run(shards, cfg, 1 << 30));
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_loader: %s\n", e.what());

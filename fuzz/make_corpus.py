@@ -100,3 +100,33 @@ masking: {strategy: mask_tokens, drop_ratio: 0.4}
 """)
 put("recipe", "unknown_key.yaml", b"name: x\nstudent: {arch: vit_mini_patch4_28, depht: 3}\n")
 put("recipe", "not_a_map.yaml", b"- a\n- [b, {c: d}]\n")
+
+# --- tar (WebDataset shards)
+import io as _io, tarfile
+
+
+def tar(members, fmt=tarfile.USTAR_FORMAT):
+    buf = _io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as t:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                t.addfile(info)
+                continue
+            info.size = len(data)
+            t.addfile(info, _io.BytesIO(data))
+    # Without the record padding to 10 KiB: seeds stay small.
+    data = buf.getvalue()
+    return data.rstrip(b"\0") + b"\0" * (-len(data.rstrip(b"\0")) % 512) + b"\0" * 1024
+
+
+jpg = b"\xff\xd8\xff\xe0" + b"\0" * 12
+png = b"\x89PNG\r\n\x1a\n" + b"\0" * 8
+shard = tar([("a.jpg", jpg), ("a.cls", b"1"), ("b.png", png), ("b.cls", b"2\n"), ("c.json", b"{}")])
+put("tar", "shard", shard)
+put("tar", "pax_long_name", tar([("d/" + "p" * 120 + ".jpg", jpg), ("d/" + "p" * 120 + ".cls", b"0")], tarfile.PAX_FORMAT))
+put("tar", "gnu_long_name", tar([("dir", None), ("g" * 110 + ".png", png), ("g" * 110 + ".cls", b"1")], tarfile.GNU_FORMAT))
+put("tar", "truncated", shard[:512 + 10])
+put("tar", "bad_label", tar([("a.jpg", jpg), ("a.cls", b"-7"), ("b.jpg", b"text"), ("b.cls", b"x")]))
+put("tar", "bad_checksum", shard[:148] + b"9999999\0" + shard[156:])

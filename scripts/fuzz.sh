@@ -32,7 +32,7 @@ CXX=clang++ cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DHD_
 ninja -C "$BUILD_DIR" -j "${JOBS:-1}" "${PARSERS[@]/#/fuzz_}"
 
 # Input size caps: seeds are tiny; room enough for a few tensors / rows / a short recipe.
-declare -A MAX_LEN=([safetensors]=4096 [idx]=4096 [image]=8192 [recipe]=4096 [checkpoint]=8192)
+declare -A MAX_LEN=([safetensors]=4096 [idx]=4096 [image]=8192 [recipe]=4096 [checkpoint]=8192 [tar]=16384)
 run_one() {
   local p=$1 corpus="$BUILD_DIR/corpus/$1" art="$BUILD_DIR/artifacts/$1/"
   mkdir -p "$corpus" "$art" "$BUILD_DIR/logs"

@@ -6,13 +6,16 @@
 
 #include "data/idx.h"
 #include "data/image_folder.h"
+#include "data/webdataset.h"
 #include "util/error.h"
 
 namespace hd::data {
 
 Dataset::~Dataset() = default;
 
-std::shared_ptr<Dataset> open_dataset(const std::string& spec, const std::string& split) {
+std::vector<int64_t> Dataset::shuffled_order(uint64_t /*seed*/, int64_t /*epoch*/) const { return {}; }
+
+std::shared_ptr<Dataset> open_dataset(const std::string& spec, const std::string& split, const OpenOptions& options) {
   namespace fs = std::filesystem;
   if (split != "train" && split != "val" && split != "test")
     throw Error("dataset '" + spec + "': unknown split '" + split + "' (expected train, val or test)");
@@ -25,12 +28,14 @@ std::shared_ptr<Dataset> open_dataset(const std::string& spec, const std::string
     return open_fashion_mnist(dir, split);
   }
 
+  if (spec.rfind("wds:", 0) == 0) return open_webdataset(spec.substr(4), split, options.skip_bad);
+
   std::string dir = spec;
   if (spec.rfind("folder:", 0) == 0) dir = spec.substr(7);
   std::error_code ec;
   if (dir.empty() || !fs::is_directory(dir, ec))
     throw Error("dataset '" + spec +
-                "': unknown data set (expected 'fashion-mnist', 'fashion-mnist:DIR' or an existing image folder "
+                "': unknown data set (expected 'fashion-mnist', 'fashion-mnist:DIR', 'wds:SHARDS' or an existing image folder "
                 "DIR with DIR/<class>/<images> or DIR/" + split + "/<class>/<images>)");
   const fs::path split_dir = fs::path(dir) / split;
   if (fs::is_directory(split_dir, ec)) return open_image_folder(split_dir.string());

@@ -37,17 +37,30 @@ class Dataset {
 
   // Short human-readable description, e.g. "fashion-mnist/train" or "image-folder:/data/x".
   virtual std::string name() const = 0;
+
+  // The sample order of a shuffled epoch, a permutation of [0, size()) that depends only on
+  // (seed, epoch). Empty (the default): a uniform permutation (epoch_permutation in loader.h).
+  // Sources best read sequentially (tar shards) give an order that moves forward through files.
+  virtual std::vector<int64_t> shuffled_order(uint64_t seed, int64_t epoch) const;
+};
+
+struct OpenOptions {
+  // Sources checked when opened (tar shards): drop and count bad samples instead of failing.
+  bool skip_bad = false;
 };
 
 // Opens a data set from a spec string, as given on the command line:
 //   "fashion-mnist"        Fashion-MNIST from /usr/share/datasets/fashion-mnist (Debian package
 //                          dataset-fashion-mnist);
 //   "fashion-mnist:DIR"    Fashion-MNIST IDX files in DIR;
+//   "wds:SHARDS"           WebDataset tar shards (see webdataset.h): a brace pattern
+//                          (train-{000000..000146}.tar), a list file (.txt) or a glob; "{split}"
+//                          in SHARDS is replaced by the split;
 //   "DIR" or "folder:DIR"  an image folder (DIR/<class>/<images>); if DIR/<split> exists it is
 //                          used, otherwise DIR itself (then every split sees the same images).
 // split is "train", "val" or "test". Fashion-MNIST has no validation split: "val" and "test"
 // both give the 10,000-image t10k set.
 // Throws hd::Error for an unknown spec / split or anything that fails to open.
-std::shared_ptr<Dataset> open_dataset(const std::string& spec, const std::string& split);
+std::shared_ptr<Dataset> open_dataset(const std::string& spec, const std::string& split, const OpenOptions& options = {});
 
 }  // namespace hd::data

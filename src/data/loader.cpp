@@ -113,7 +113,11 @@ void DataLoader::start_epoch(int64_t epoch, int64_t start_batch) {
   const auto n = static_cast<int64_t>(dataset_->size());
   std::vector<int64_t> order;
   if (cfg_.shuffle) {
-    order = epoch_permutation(n, cfg_.seed, epoch);
+    order = dataset_->shuffled_order(cfg_.seed, epoch);
+    if (order.empty()) order = epoch_permutation(n, cfg_.seed, epoch);
+    if (static_cast<int64_t>(order.size()) != n)
+      throw Error("data loader for " + dataset_->name() + ": the data set's epoch order has " +
+                  std::to_string(order.size()) + " samples, not " + std::to_string(n));
   } else {
     order.resize(static_cast<size_t>(n));
     std::iota(order.begin(), order.end(), int64_t{0});

@@ -18,6 +18,7 @@
 #include <torch/torch.h>
 
 #include "io/safetensors.h"
+#include "io/tfevents.h"
 #include "model/checkpoint.h"
 #include "parallel/comm.h"
 #include "util/atomic_file.h"
@@ -169,11 +170,25 @@ void sync_ranks(parallel::Comm& comm, torch::nn::Module& module, AdamW& opt, Pos
                                                               (static_cast<uint64_t>(pos.step) << 20))));
 }
 
-// metrics.jsonl: one JSON line per step. On (re)start the lines of steps the checkpoint already
-// covers are kept (rewritten atomically) and later ones, from a killed run, dropped.
+// The numbers of a metrics.jsonl line as TensorBoard scalars "train/<key>" (step and time are
+// the event's own fields), plus throughput where it is known (images_per_s >= 0).
+io::Scalars event_scalars(const nlohmann::json& rec, double images_per_s) {
+  io::Scalars out;
+  for (auto& [k, v] : rec.items())
+    if (v.is_number() && k != "step" && k != "time") out.emplace_back("train/" + k, v.get<double>());
+  if (images_per_s >= 0) out.emplace_back("train/images_per_s", images_per_s);
+  return out;
+}
+
+// metrics.jsonl: one JSON line per step, and the same scalars in a TensorBoard events file. On
+// (re)start the lines and events of steps the checkpoint already covers are kept (metrics.jsonl
+// rewritten atomically, older events files trimmed) and later ones, from a killed run, dropped.
 class MetricsLog {
  public:
-  MetricsLog(const std::string& path, int64_t keep_before_step) {
+  MetricsLog(const std::string& path, int64_t keep_before_step, bool tensorboard) {
+    const auto dir = fs::path(path).parent_path().string();
+    io::trim_events_files(dir, keep_before_step);
+    if (tensorboard) events_ = std::make_unique<io::EventsWriter>(dir);
     std::vector<std::string> keep;
     std::ifstream in(path);
     for (std::string line; std::getline(in, line);) {
@@ -189,11 +204,19 @@ class MetricsLog {
     });
     out_.open(path, std::ios::app);
   }
-  void write(const nlohmann::json& rec) { out_ << rec.dump() << "\n"; }
-  void flush() { out_.flush(); }
+  // `images_per_s` < 0: not known at this step.
+  void write(int64_t step, const nlohmann::json& rec, double images_per_s) {
+    out_ << rec.dump() << "\n";
+    if (events_) events_->add(step, event_scalars(rec, images_per_s));
+  }
+  void flush() {
+    out_.flush();
+    if (events_) events_->flush();
+  }
 
  private:
   std::ofstream out_;
+  std::unique_ptr<io::EventsWriter> events_;
 };
 
 // Writes the training state after `pos.step` steps atomically; the previous checkpoint stays
@@ -272,11 +295,13 @@ class Progress {
   }
 
   bool tty() const { return tty_; }
+  // Images per second since the start of this run (all ranks).
+  double images_per_second() const { return images_ / std::max(wall_.seconds(), 1e-9); }
 
  private:
   void print(int64_t epoch, int64_t done, double lr, double mean) const {
     const double el = wall_.seconds();
-    const double ips = images_ / std::max(el, 1e-9);
+    const double ips = images_per_second();
     const double eta = (total_ - done) * el / std::max<int64_t>(1, done - start_);
     const int width = 20;
     const int filled = static_cast<int>(width * done / std::max<int64_t>(1, total_));
@@ -386,11 +411,11 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg_i
     if (!cfg.recipe_text.empty())
       atomic_write_file(files.recipe,
                         [&](std::FILE* f) { std::fwrite(cfg.recipe_text.data(), 1, cfg.recipe_text.size(), f); });
-    metrics = std::make_unique<MetricsLog>(files.metrics, pos.step);
+    metrics = std::make_unique<MetricsLog>(files.metrics, pos.step, cfg.tensorboard);
   }
   auto save_checkpoint = [&](const Position& p) {
     if (!main_rank) return;
-    metrics->flush();  // metrics.jsonl covers at least the steps the checkpoint does
+    metrics->flush();  // metrics.jsonl and the events cover at least the steps the checkpoint does
     writer.save(module, stepper.optimizer(), p);
   };
 
@@ -419,14 +444,15 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg_i
       ++pos.step;
       ++pos.batch;
       progress.add(s, t_data, batch.images.size(0) * world);
+      const bool log_now = pos.step % std::max<int64_t>(1, cfg.log_every) == 0 || pos.step == total;
       if (metrics) {
         nlohmann::json rec = {{"step", pos.step - 1}, {"epoch", pos.epoch}, {"lr", lr}, {"loss", s.loss},
                               {"time", wall.seconds()}};
         if (cfg.clip_grad > 0) rec["grad_norm"] = s.grad_norm;
         for (auto& [k, v] : s.terms) rec[k] = v;
-        metrics->write(rec);
+        metrics->write(pos.step - 1, rec, log_now ? progress.images_per_second() : -1);
       }
-      if (pos.step % std::max<int64_t>(1, cfg.log_every) == 0 || pos.step == total) {
+      if (log_now) {
         if (metrics) metrics->flush();
         progress.log(pos.epoch, pos.step, lr, result);
       }

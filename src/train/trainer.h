@@ -47,6 +47,11 @@ struct TrainConfig {
   int64_t stop_at = 0;
   // bf16: the task's loss runs under bf16 autocast (master weights and optimiser stay fp32).
   Precision precision = Precision::FP32;
+  // TensorBoard: rank 0 also writes every metrics.jsonl scalar (as train/<key>, plus
+  // train/images_per_s at logging steps) to a new events.out.tfevents.* file in run_dir. On
+  // resume, records of steps past the checkpoint are first removed from the folder's older event
+  // files (io::trim_events_files), whatever this flag says, so that no step appears twice.
+  bool tensorboard = true;
   // Data parallel: null for one process. Otherwise every rank runs train() with a loader sharded
   // for it (LoaderConfig rank / world_size, batch = global batch / world size). Rank 0's weights
   // (or its checkpoint, on --resume) are broadcast at the start, gradients are averaged during
