@@ -234,6 +234,8 @@ DistillOutput HybridDistillerImpl::forward(const torch::Tensor& images, bool kee
     for (const auto& tg : teachers_[ti].spec.targets) {
       // CLS participates when asked for and when both models have one.
       const bool cls = tg.include_cls && tprefix > 0 && sprefix > 0;
+      TargetTerm tt;
+      tt.weight = tg.weight;
       for (size_t k = 0; k < std::max<size_t>(1, tg.layers.size()); ++k) {
         auto key = term_name(teachers_[ti], tg, k);
         torch::Tensor target, pred;
@@ -284,13 +286,24 @@ DistillOutput HybridDistillerImpl::forward(const torch::Tensor& images, bool kee
         pred = pred.to(lt);
         auto term = smooth_l1(pred, target, recipe_.smooth_l1_beta);
         out.terms.emplace_back(key, term);
-        auto weighted = term * tg.weight;
-        total = total.defined() ? total + weighted : weighted;
+        tt.value = tt.value.defined() ? tt.value + term : term;
+        tt.layers.push_back(key);
         if (keep_tensors) {
           out.targets.emplace_back(key, target);
           out.preds.emplace_back(key, pred);
         }
       }
+      // Eq. 3: the layers of one target are one concatenated target under one mean-reduced D,
+      // i.e. the mean of the per-layer terms (every layer's tensor has the same size).
+      if (tt.layers.size() > 1) {
+        if (tg.reduce == TargetReduce::Mean) tt.value = tt.value / static_cast<double>(tt.layers.size());
+        tt.name = teachers_[ti].spec.name + "." + to_string(tg.kind) + "." + to_string(tg.reduce);
+      } else {
+        tt.name = tt.layers.front();
+      }
+      auto weighted = tt.value * tg.weight;
+      total = total.defined() ? total + weighted : weighted;
+      out.target_terms.push_back(std::move(tt));
     }
   }
   out.loss = total;

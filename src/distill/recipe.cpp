@@ -38,6 +38,8 @@ std::string to_string(MaskStrategy s) {
   return "?";
 }
 
+std::string to_string(TargetReduce r) { return r == TargetReduce::Sum ? "sum" : "mean"; }
+
 namespace {
 
 // Walks a YAML tree with the current key path, so every message names the file and the key.
@@ -280,7 +282,7 @@ Recipe parse_recipe(const std::string& text, const std::string& origin, const st
       auto tg = targets[k];
       std::string tp = path + ".targets[" + std::to_string(k) + "]";
       r.only_keys(tg, tp, {"kind", "layers", "student_layers", "weight", "norm", "relation_scaled", "include_cls",
-                           "head_mapping", "decoder", "decoder_depth"});
+                           "head_mapping", "decoder", "decoder_depth", "reduce"});
       TargetSpec ts_;
       std::string kind = "features", norm = "none", hm = "none";
       r.get(tg, "kind", tp, kind);
@@ -290,6 +292,9 @@ Recipe parse_recipe(const std::string& text, const std::string& origin, const st
       r.get(tg, "layers", tp, ts_.layers);
       r.get(tg, "student_layers", tp, ts_.student_layers);
       r.get(tg, "weight", tp, ts_.weight);
+      std::string reduce = "mean";
+      r.get(tg, "reduce", tp, reduce);
+      ts_.reduce = parse_enum<TargetReduce>(r, tp + ".reduce", reduce, {{"mean", TargetReduce::Mean}, {"sum", TargetReduce::Sum}});
       r.get(tg, "norm", tp, norm);
       ts_.norm = parse_enum<TargetNorm>(r, tp + ".norm", norm, {{"none", TargetNorm::None}, {"layernorm", TargetNorm::LayerNorm}});
       r.get(tg, "relation_scaled", tp, ts_.relation_scaled);
@@ -474,6 +479,7 @@ std::string Recipe::to_yaml() const {
         e << YAML::Key << "student_layers" << YAML::Value << YAML::Flow << g.student_layers;
       }
       e << YAML::Key << "weight" << YAML::Value << g.weight;
+      if (g.kind != TargetKind::Features) e << YAML::Key << "reduce" << YAML::Value << to_string(g.reduce);
       e << YAML::Key << "norm" << YAML::Value << (g.norm == TargetNorm::LayerNorm ? "layernorm" : "none");
       if (g.kind == TargetKind::Relation) {
         e << YAML::Key << "relation_scaled" << YAML::Value << g.relation_scaled;

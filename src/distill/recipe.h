@@ -23,9 +23,14 @@ enum class MaskStrategy { None, Random, Direct, Progressive, MaskTokens };
 enum class DecoderKind { None, Linear, Attention };
 enum class MaskSource { BlockInput, BlockOutput };  // paper: x^i (block input); PCAE: block output
 enum class HeadMapping { None, Average };           // relations with differing head counts
+// How a target's per-layer terms combine into its one term (Eq. 3: T'm = [R^{L-1}, R^{L-2}] is ONE
+// target under one D; with a mean-reduced D over equal-sized layers that is the mean of the
+// per-layer terms). Sum weighs every layer fully (α · number of layers): an explicit choice.
+enum class TargetReduce { Mean, Sum };
 
 std::string to_string(TargetKind k);
 std::string to_string(MaskStrategy s);
+std::string to_string(TargetReduce r);
 
 struct TargetSpec {
   TargetKind kind = TargetKind::Features;
@@ -35,6 +40,7 @@ struct TargetSpec {
   // the student's final normed output).
   std::vector<int64_t> student_layers;
   double weight = 1.0;  // α in Eq. 1
+  TargetReduce reduce = TargetReduce::Mean;  // over `layers`
   TargetNorm norm = TargetNorm::None;
   // Relations: R = Q·Kᵀ as Eq. 2 defines (default), or scaled by head_dim^-0.5 (the softmax
   // input); CLS row/column included by default.
