@@ -74,7 +74,7 @@ class HybridDistillerImpl : public torch::nn::Module {
   HybridDistillerImpl(const Recipe& recipe, model::VisionTransformer student, std::vector<Teacher> teachers);
 
   // `images` normalised with the student's mean/std; each teacher gets them re-normalised with
-  // its own. `gen` drives random masking (and nothing else).
+  // its own and resized (bilinear) to its own img_size. `gen` drives random masking (and nothing else).
   DistillOutput forward(const torch::Tensor& images, bool keep_tensors = false,
                         c10::optional<at::Generator> gen = c10::nullopt);
 

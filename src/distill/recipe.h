@@ -56,6 +56,11 @@ struct TeacherSpec {
   std::string checkpoint;
   std::string arch;                       // optional preset; default: config in the checkpoint
   std::vector<double> mean, std;          // optional; default: the teacher config's
+  // Input size the teacher sees (the student's images resized to it). Default: the teacher's own
+  // img_size when its patch grid equals the student's, else student grid × teacher patch (e.g.
+  // CLIP-L/14 at 196 px next to a 224 px ViT-B/16 student: both 14×14); its pos_embed is
+  // resampled to the grid when that differs from the checkpoint's. Always set after parsing.
+  int64_t img_size = 0;
   std::vector<TargetSpec> targets;
 };
 
@@ -107,7 +112,7 @@ struct Recipe {
 
 // Reads and validates a recipe. Relative checkpoint paths resolve against the recipe's folder.
 // hd::Error names the file and the key for unknown keys, bad values, missing checkpoints,
-// out-of-range layers, mismatched image/patch sizes, head counts without a mapping.
+// out-of-range layers, patch grids that cannot be made equal, head counts without a mapping.
 // `overrides` ("KEY=VALUE", KEY a dotted path such as train.epochs, teachers.0.checkpoint or
 // teachers.mim.checkpoint (list elements by index or by name), VALUE any YAML) are applied to
 // the document first, then validated like the file's own keys.

@@ -113,8 +113,17 @@ TEST(Recipe, RefusesWhatCannotWork) {
   // 48-dim teacher with 4 heads vs a 6-head student: relations need a head mapping.
   expect_error(recipe_text("strategy: none", "config: {img_size: 28, patch_size: 4, in_chans: 1, embed_dim: 48, depth: 6, num_heads: 6, num_classes: 0, mean: [0.5], std: [0.5]}"),
                "head_mapping");
-  expect_error(recipe_text("strategy: none", "config: {img_size: 32, patch_size: 4, in_chans: 1, embed_dim: 64, depth: 6, num_heads: 4, mean: [0.5], std: [0.5]}"),
-               "tokens must correspond");
+  // An explicit teacher input size whose grid differs from the student's is refused, naming
+  // every model's size, patch and grid (the derived default would match: see Hybrid.TeacherInputSize).
+  auto grid = base;
+  grid.replace(grid.find("    targets:\n      - {kind: features"), 4, "    img_size: 32\n    ");
+  expect_error(grid, "teachers.sup.img_size");
+  expect_error(grid, "student 28px in 4px patches (7x7 grid); teacher 'mim' 28px in 4px patches (7x7 grid); "
+                     "teacher 'sup' 32px in 4px patches (8x8 grid)");
+  expect_error(grid, "img_size 28 for 'sup'");
+  auto odd = base;
+  odd.replace(odd.find("    targets:\n      - {kind: features"), 4, "    img_size: 30\n    ");
+  expect_error(odd, "multiple of the teacher's 4px patch");
   auto red = base;
   red.replace(red.find("student_layers: [4, 5]"), 22, "student_layers: [4, 5], reduce: max");
   expect_error(red, "teachers.mim.targets[0].reduce");
@@ -385,4 +394,49 @@ TEST(Hybrid, Eq3RelationLayersAreOneTarget) {
                 1e-6)
         << kind;
   }
+}
+
+// A teacher at its own resolution (as CLIP-L/14 at 196 px beside a ViT-B/16 student at 224 px):
+// the student's 28 px images in 7 px patches, an 8 px-patch teacher at 32 px (both 4x4 grids),
+// resized bilinearly and re-normalised with the teacher's mean/std.
+TEST(Hybrid, TeacherInputSize) {
+  auto d0 = fs::temp_directory_path() / "hd_test_teacher_size";
+  fs::create_directories(d0);
+  auto c = model::preset("vit_mini_patch7_28");
+  c.depth = 2;
+  c.num_classes = 0;
+  c.name = "p8";
+  c.patch_size = 8;
+  c.img_size = 24;  // a 3x3 grid as saved: its pos_embed is resampled to the 4x4 grid at 32 px
+  c.mean = {0.2};
+  c.std = {0.4};
+  torch::manual_seed(1);
+  model::VisionTransformer p8(c);
+  model::save_model((d0 / "p8.safetensors").string(), p8);
+  std::string yaml = "name: sizes\nstudent: {arch: vit_mini_patch7_28}\nteachers:\n"
+                     "  - name: big\n    checkpoint: " + (d0 / "p8.safetensors").string() + "\n"
+                     "    targets: [{kind: relation, layers: [0, 1], head_mapping: average}, {kind: features}]\n";
+  auto r = parse_recipe(yaml, "r.yaml");
+  EXPECT_EQ(r.teachers[0].img_size, 32);  // derived: the student's 4x4 grid in 8 px patches
+  EXPECT_NE(r.to_yaml().find("img_size: 32"), std::string::npos);
+  auto teachers = load_teachers(r, torch::kCPU);
+  EXPECT_EQ(teachers[0].model->config().img_size, 32);
+  EXPECT_EQ(teachers[0].model->pos_embed.size(1), 17);
+  torch::manual_seed(0);
+  model::VisionTransformer s(r.student);
+  HybridDistiller d(r, s, teachers);
+  auto x = torch::randn({2, 1, 28, 28});
+  auto out = d->forward(x, true);
+  EXPECT_EQ(out.targets[0].second.sizes(), (std::vector<int64_t>{2, 1, 17, 17}));
+  // The target, by hand: un-normalise (the student's Fashion-MNIST mean/std), resize, normalise.
+  torch::NoGradGuard ng;
+  auto raw = x * 0.3530 + 0.2860;
+  auto big = torch::nn::functional::interpolate(
+      raw, torch::nn::functional::InterpolateFuncOptions().size(std::vector<int64_t>{32, 32}).mode(torch::kBilinear).align_corners(false));
+  auto feats = d->teachers()[0].model->forward_features((big - 0.2) / 0.4);
+  EXPECT_TRUE(torch::allclose(out.targets[2].second, feats, 1e-4, 1e-5));
+  // An explicit size is kept as given when its grid matches.
+  auto ry = yaml;
+  ry.replace(ry.find("    targets:"), 4, "    img_size: 32\n    ");
+  EXPECT_EQ(parse_recipe(ry, "r.yaml").teachers[0].img_size, 32);
 }
