@@ -130,10 +130,24 @@ void add_distill(CLI::App& app) {
     for (auto& [k, v] : out.targets) tensors.emplace_back("target." + k, v.detach().cpu().contiguous());
     for (auto& [k, v] : out.preds) tensors.emplace_back("pred." + k, v.detach().cpu().contiguous());
     for (auto& [k, v] : out.terms) tensors.emplace_back("loss." + k, v.detach().cpu());
+    // loss.total = Σ weight · target term; a multi-layer target's term (its per-layer terms'
+    // mean, or sum) is written too, and the formula goes into the metadata.
+    std::string formula;
+    for (auto& t : out.target_terms) {
+      if (t.layers.size() > 1) tensors.emplace_back("loss." + t.name, t.value.detach().cpu());
+      std::ostringstream f;
+      f << t.weight << "*" << t.name;
+      if (t.layers.size() > 1) {
+        f << "(";
+        for (size_t i = 0; i < t.layers.size(); ++i) f << (i ? "," : "") << t.layers[i];
+        f << ")";
+      }
+      formula += (formula.empty() ? "" : " + ") + f.str();
+    }
     tensors.emplace_back("loss.total", out.loss.detach().cpu());
-    io::save_safetensors(d->out, tensors, {{"recipe", r.name}, {"precision", train::to_string(precision)}});
-    std::printf("%s: kept %ld of %ld patches; loss %.6f over %zu terms; wrote %s\n", d->input.c_str(),
-                (long)out.keep.size(1), (long)c.num_patches(), out.loss.item<double>(), out.terms.size(), d->out.c_str());
+    io::save_safetensors(d->out, tensors, {{"recipe", r.name}, {"loss.total", formula}, {"precision", train::to_string(precision)}});
+    std::printf("%s: kept %ld of %ld patches; loss %.6f = %s; wrote %s\n", d->input.c_str(), (long)out.keep.size(1),
+                (long)c.num_patches(), out.loss.item<double>(), formula.c_str(), d->out.c_str());
   });
 }
 

@@ -248,6 +248,7 @@ class Step:
                     target, pred = target.mean(1, keepdim=True), pred.mean(1, keepdim=True)
                 term = F.smooth_l1_loss(pred, target.detach(), beta=beta)
                 total = term if total is None else total + term
+            total = total / len(rel_layers)  # Eq. 3: one concatenated target, the mean of the layers' terms
         target = F.layer_norm(gather_tokens(sup_feat, keep).float(), (sup_feat.shape[-1],), eps=1e-6)
         pred = pred_feat.float()
         term = F.smooth_l1_loss(pred, target.detach(), beta=beta)

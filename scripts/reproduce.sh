@@ -1,19 +1,34 @@
 #!/usr/bin/env bash
-# The paper's ablations (Tables 3, 5, 7, 8, 12) at small scale on Fashion-MNIST, several seeds
+# The paper's ablations (Tables 3, 5, 7, 8, 12(a)) at small scale on Fashion-MNIST, several seeds
 # each, then k-NN, linear-probe and fine-tuning accuracy of every student, attention diagnostics
 # of teachers and hybrid students, and the tables of docs/RESULTS.md (mean ± std over seeds).
 #
-# Resumable: every run is a cached stage (see scripts/stage.sh); run the script again and it
-# continues where it stopped, skipping finished runs. Rows run in the order below, all seeds of a
-# row before the next row, so a partial run still gives complete rows.
+# Every row is a paper recipe, configs/paper/<row>.yaml, run unchanged except for ONE uniform
+# set of overrides, the same for every row (no per-row edits):
+#   student.arch=vit_mini12_patch7_28        12 blocks as ViT-B, so the recipe's layer indices
+#                                            (T'm at 9,10; masking at 0,4,8; direct at 11) hold
+#   teachers.NAME.arch=vit_mini12_patch7_28  and teachers.NAME.checkpoint=the small teacher:
+#                                            NAME mae -> the MAE teacher (pretrain-mae); any other
+#                                            (deit, clip, dino) -> the supervised teacher (train)
+#   data.dataset=fashion-mnist data.scale=[0.6,1.0] data.workers=2
+#   optim.lr=1.5e-3 optim.base_batch=256 optim.min_lr=1e-5 optim.warmup_epochs=0.2
+#   train.batch=128 train.max_steps=STEPS×(recipe epochs/100) train.epochs=(enough for them)
+#   train.seed=SEED train.log_every=20 train.checkpoint_every=100
+# Targets, layers, α, norms, decoders, masking and the loss are the recipe's own. A 4×4 grid of
+# 7 px patches has 16 patches: progressive 70%³ keeps 16 -> 11 -> 7 -> 4.
+#
+# Resumable: every run is a cached stage (see scripts/stage.sh, keyed on the command, the binary
+# and the input files); run the script again and it continues where it stopped, skipping
+# finished runs. Rows run in the order below, all seeds of a row before the next row, so a
+# partial run still gives complete rows.
 #
 #   bash scripts/reproduce.sh [--out DIR] [--seeds N] [--steps N] [--ft-steps N] [--threads N]
 #                             [--rows a,b,...] [--update-docs]
 #     --out DIR       output root (default runs/reproduce)
 #     --seeds N       seeds per row (default 3)
-#     --steps N       distillation steps per run, batch 128 (default 234, half an epoch)
+#     --steps N       distillation steps of a 100-epoch recipe, batch 128 (default 234, half an epoch)
 #     --ft-steps N    fine-tuning steps per student, batch 128 (default 234; 0: no fine-tuning)
-#     --rows LIST     only these rows (names below)
+#     --rows LIST     only these rows (recipe names below)
 #     --update-docs   rewrite the generated part of docs/RESULTS.md from the results, and its
 #                     figures (docs/figures/reproduce_*.png)
 # Environment: HD_BIN (default: build/hybrid-distill).
@@ -43,54 +58,67 @@ COMMON=(-t "$THREADS")
 # shellcheck source=scripts/stage.sh
 source "$ROOT/scripts/stage.sh"
 
-# Teachers: the embedded default's (scripts/pipeline.sh), trained once.
+# Teachers: the embedded default's schedule (scripts/pipeline.sh), at the paper's depth.
+SMALL=vit_mini12_patch7_28
+TEACHER_ARCH=$SMALL
 MAE_OPTS=("${QUICK_MAE_OPTS[@]}")
 SUP_OPTS=("${QUICK_SUP_OPTS[@]}")
 train_teachers
-HYB=$ROOT/configs/fmnist_hybrid.yaml SGL=$ROOT/configs/fmnist_single.yaml
-T_MIM=teachers.mim.checkpoint T_SUP=teachers.sup.checkpoint REL=teachers.mim.targets.0
 
-# name|table|label|recipe|overrides (space-separated KEY=VALUE, values in YAML/JSON without
-# spaces; @MAE / @SUP are the teachers).
-# fmnist_hybrid.yaml: MIM relations at 0-based blocks 3,4 (L-2, L-1 of 6) + supervised
-# last-layer features, progressive 70%^3 masking (16 -> 11 -> 7 -> 4 patches) driven by the MIM
-# teacher. fmnist_single.yaml: the supervised teacher's features alone, same masking.
+# The uniform small-scale rule (see the header): the same overrides for every recipe.
+small_scale() {  # RECIPE SEED -> sets SETS
+  local recipe=$1 seed=$2 epochs steps t
+  epochs=$(sed -n 's/^train:.*[{ ]epochs: \([0-9]*\).*/\1/p' "$recipe")
+  steps=$((STEPS * ${epochs:-100} / 100))
+  SETS=(--set "student.arch=$SMALL"
+        --set data.dataset=fashion-mnist --set "data.scale=[0.6,1.0]" --set data.workers=2
+        --set optim.lr=1.5e-3 --set optim.base_batch=256 --set optim.min_lr=1e-5 --set optim.warmup_epochs=0.2
+        --set train.batch=128 --set "train.max_steps=$steps" --set "train.epochs=$((steps / 468 + 1))"
+        --set "train.seed=$seed" --set train.log_every=20 --set train.checkpoint_every=100)
+  for t in $(sed -n 's/^  - name: \([A-Za-z0-9_]*\)$/\1/p' "$recipe"); do
+    SETS+=(--set "teachers.$t.arch=$SMALL")
+    if [ "$t" = mae ]; then SETS+=(--set "teachers.$t.checkpoint=$MAE"); else SETS+=(--set "teachers.$t.checkpoint=$SUP"); fi
+  done
+}
+
+# name|table|label: the recipe configs/paper/<name>.yaml. Rows whose recipe is identical to
+# another table's (the no-masking hybrid is Table 3's Tc + T'm, Table 5's R, Table 7's {10,11},
+# Table 8's none and Table 12's α = 1; Table 3's Tc is Table 12's α = 0) run once.
 ROWS=(
-  "hybrid|3|Tc + T'm (hybrid)|$HYB|$T_MIM=@MAE $T_SUP=@SUP"
-  "tc|3|Tc (supervised features only)|$SGL|$T_SUP=@SUP"
-  "tm|3|Tm (MAE features only)|$SGL|$T_SUP=@MAE"
-  "mask_none|8|no masking (100%)|$HYB|$T_MIM=@MAE $T_SUP=@SUP masking={\"strategy\":\"none\"}"
-  "mask_random|8|random (25%, 4 of 16)|$HYB|$T_MIM=@MAE $T_SUP=@SUP masking={\"strategy\":\"random\",\"drop_ratio\":0.75}"
-  "kind_block|5|T'm = block outputs|$HYB|$T_MIM=@MAE $T_SUP=@SUP $REL.kind=block"
-  "kind_msa|5|T'm = attention (MSA) outputs|$HYB|$T_MIM=@MAE $T_SUP=@SUP $REL.kind=msa"
-  "naive|5|both teachers' features at the last layer|$HYB|$T_MIM=@MAE $T_SUP=@SUP $REL.kind=features $REL.layers=[]"
-  "layers_last|7|T'm at block 4 (L-1) only|$HYB|$T_MIM=@MAE $T_SUP=@SUP $REL.layers=[4]"
-  "layers_front|7|T'm at blocks 0,1|$HYB|$T_MIM=@MAE $T_SUP=@SUP $REL.layers=[0,1]"
-  "layers_all|7|T'm at blocks 0-4|$HYB|$T_MIM=@MAE $T_SUP=@SUP $REL.layers=[0,1,2,3,4]"
-  "tc_tc|3|Tc + T'c (both from the supervised teacher)|$HYB|$T_MIM=@SUP $T_SUP=@SUP"
-  "tm_tm|3|Tm + T'm (both from the MAE teacher)|$HYB|$T_MIM=@MAE $T_SUP=@MAE"
-  "alpha_0.03|12|alpha = 0.03 (relation loss ≈ feature loss at step 0; not a paper row)|$HYB|$T_MIM=@MAE $T_SUP=@SUP $REL.weight=0.03"
-  "alpha_0.1|12|alpha = 0.1|$HYB|$T_MIM=@MAE $T_SUP=@SUP $REL.weight=0.1"
-  "alpha_0.3|12|alpha = 0.3|$HYB|$T_MIM=@MAE $T_SUP=@SUP $REL.weight=0.3"
-  "alpha_0.7|12|alpha = 0.7|$HYB|$T_MIM=@MAE $T_SUP=@SUP $REL.weight=0.7"
+  "table3_tc_tm_rel|3|Tc + T'm (hybrid, no masking)"
+  "table3_tc|3|Tc (supervised features only)"
+  "table3_tm|3|Tm (MAE features only)"
+  "table8_progressive_70|8|progressive 70%³ (25%, 4 of 16)"
+  "table8_random|8|random 35% (5 of 16)"
+  "table5_block|5|T'm = block outputs"
+  "table5_msa|5|T'm = attention (MSA) outputs"
+  "table5_naive|5|both teachers' features at the last layer"
+  "table7_layers_11|7|{11}"
+  "table7_layers_1-2-3|7|{1, 2, 3}"
+  "table7_layers_1-11|7|1-11"
+  "table3_tc_tc_rel|3|Tc + T'c (both from the supervised teacher)"
+  "table3_tm_tm_rel|3|Tm + T'm (both from the MAE teacher)"
+  "table12a_alpha_0.1|12|α = 0.1"
+  "table12a_alpha_0.3|12|α = 0.3"
+  "table12a_alpha_0.7|12|α = 0.7"
+  "table8_direct|8|direct 35% (5 of 16)"
+  "table8_progressive_50|8|progressive 50%³ (12%, 2 of 16)"
+  "table8_progressive_90|8|progressive 90%³ (62%, 10 of 16)"
+  "table7_layers_5-6-7|7|{5, 6, 7}"
+  "table7_layers_9-10-11|7|{9, 10, 11}"
+  "table12a_alpha_0.5|12|α = 0.5"
 )
 
 EVAL=(--train-limit 10000 --pool mean --feature-cache "$OUT/features" "${COMMON[@]}")
 for row in "${ROWS[@]}"; do
-  IFS='|' read -r name table label recipe overrides <<<"$row"
+  IFS='|' read -r name table label <<<"$row"
   if [ -n "$ONLY" ] && [[ ",$ONLY," != *",$name,"* ]]; then continue; fi
-  sets=()
-  set -f  # values like [4] are not file patterns
-  for kv in $overrides; do
-    kv=${kv//@MAE/$MAE}
-    kv=${kv//@SUP/$SUP}
-    sets+=(--set "$kv")
-  done
-  set +f
+  recipe=$ROOT/configs/paper/$name.yaml
+  [ -f "$recipe" ] || { echo "reproduce: no recipe $recipe" >&2; exit 1; }
   for ((seed = 0; seed < SEEDS; seed++)); do
     run=$name/seed$seed
-    stage "$run/distill" 1 "$BIN" distill -r "$recipe" "${sets[@]}" --set "train.seed=$seed" --set "train.epochs=1" \
-      --set "train.max_steps=$STEPS" --set "train.checkpoint_every=100" "${COMMON[@]}"
+    small_scale "$recipe" "$seed"
+    stage "$run/distill" 1 "$BIN" distill -r "$recipe" "${SETS[@]}" "${COMMON[@]}"
     student=$STAGE_DIR/student.safetensors
     stage "$run/knn" 0 "$BIN" knn -c "$student" "${EVAL[@]}"
     stage "$run/probe" 0 "$BIN" probe -c "$student" "${EVAL[@]}"
@@ -98,7 +126,7 @@ for row in "${ROWS[@]}"; do
       stage "$run/finetune" 1 "$BIN" finetune -c "$student" -e 1 --max-steps "$FT_STEPS" -b 128 --lr 1e-3 \
         --layer-decay 0.75 --warmup-epochs 0.05 --eval-limit 5000 -s "$seed" --checkpoint-every 100 "${COMMON[@]}"
     fi
-    if ((seed == 0)) && [[ $name == hybrid || $name == tc ]]; then
+    if ((seed == 0)) && [[ $name == table3_tc_tm_rel || $name == table3_tc || $name == table8_progressive_70 ]]; then
       stage "$run/analyze" 0 "$BIN" analyze -c "$student" --data fashion-mnist --split test -n 512 --batch 64 "${COMMON[@]}"
     fi
   done
@@ -112,10 +140,11 @@ for m in teacher_mae:$MAE teacher_sup:$SUP; do
 done
 DIAG=("$OUT/teacher_mae/analyze" "$OUT/teacher_sup/analyze")
 LABELS="MAE teacher,supervised teacher"
-for r in tc hybrid; do
-  if [ -d "$OUT/$r/seed0/analyze" ]; then DIAG+=("$OUT/$r/seed0/analyze"); fi
+for r in "table3_tc:single-teacher student (Tc)" "table3_tc_tm_rel:hybrid student" \
+         "table8_progressive_70:hybrid student (masked 70%³)"; do
+  d=$OUT/${r%%:*}/seed0/analyze
+  if [ -d "$d" ]; then DIAG+=("$d"); LABELS+=",${r#*:}"; fi
 done
-[ ${#DIAG[@]} -eq 4 ] && LABELS+=",single-teacher student (Tc),hybrid student"
 stage compare 0 "$BIN" compare "${DIAG[@]}" --labels "$LABELS"
 
 echo "== total $((SECONDS - START)) s"

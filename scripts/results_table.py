@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Tables of scripts/reproduce.sh's runs: mean ± std over seeds of k-NN, linear-probe and
 fine-tuning top-1 per row, grouped as the paper's ablation tables, next to the paper's COCO
-AP^box for the same row (ViT-B, DeiT + MAE teachers). Writes OUT/results.md and
+AP^box for the same row (ViT-B, DeiT + MAE teachers). Rows are named after their recipe,
+configs/paper/<name>.yaml. Writes OUT/results.md and
 OUT/results.json; with a RESULTS.md path, replaces the text between its
 <!-- results:begin --> and <!-- results:end --> markers.
 
@@ -13,27 +14,40 @@ import os
 import statistics
 import sys
 
-# Paper, Tables 3/5/7/8/12 (Mask R-CNN on COCO, AP^box), DeiT + MAE teachers.
+# Paper, Tables 3/5/7/8/12(a) (Mask R-CNN on COCO, AP^box), DeiT + MAE teachers, by recipe
+# (configs/paper/<name>.yaml, whose header quotes the same number).
 PAPER = {
-    "hybrid": 50.0, "tc": 47.5, "tm": 48.9, "tc_tc": 46.8, "tm_tm": 48.9,
-    "kind_block": 49.6, "kind_msa": 49.8, "naive": 47.7,
-    "layers_last": 49.2, "layers_front": 47.4, "layers_all": 48.8,
-    "mask_none": 50.0, "mask_random": 49.2,
-    "alpha_0.1": 48.2, "alpha_0.3": 49.3, "alpha_0.7": 49.5,
+    "table3_tc": 47.5, "table3_tm": 48.9, "table3_tc_tc_rel": 46.8, "table3_tm_tm_rel": 48.9, "table3_tc_tm_rel": 50.0,
+    "table5_naive": 47.7, "table5_block": 49.6, "table5_msa": 49.8, "table5_relation": 50.0,
+    "table7_layers_1-11": 48.8, "table7_layers_1-2-3": 47.4, "table7_layers_5-6-7": 48.3,
+    "table7_layers_9-10-11": 49.8, "table7_layers_10-11": 50.0, "table7_layers_11": 49.2,
+    "table8_none": 50.0, "table8_random": 49.2, "table8_direct": 49.6,
+    "table8_progressive_50": 48.4, "table8_progressive_70": 49.9, "table8_progressive_90": 49.9,
+    "table12a_alpha_0.0": 47.5, "table12a_alpha_0.1": 48.2, "table12a_alpha_0.3": 49.3, "table12a_alpha_0.5": 49.3,
+    "table12a_alpha_0.7": 49.5, "table12a_alpha_1.0": 50.0,
 }
+HYBRID = "table3_tc_tm_rel"  # the no-masking hybrid: also Table 5 R, Table 7 {10,11}, Table 8 none, Table 12 alpha 1
+# (title, [(run name, label override or None, the paper row it stands for)]): a run that stands for
+# another table's identical recipe is shown with that row's label and paper number.
 GROUPS = [
-    ("Table 3: teacher combinations", ["tc", "tm", "tc_tc", "tm_tm", "hybrid"], {}),
-    ("Table 5: what T'm distils (with Tc's features)", ["naive", "kind_block", "kind_msa", "hybrid"],
-     {"hybrid": "T'm = relations Q·Kᵀ (hybrid)"}),
-    ("Table 7: where T'm is distilled (0-based blocks of 6; paper: 1-based of 12)",
-     ["layers_all", "layers_front", "layers_last", "hybrid"],
-     {"hybrid": "T'm at blocks 3,4 (L-2, L-1; paper {10,11}, the hybrid)",
-      "layers_all": "T'm at blocks 0-4 (paper 1-11)", "layers_front": "T'm at blocks 0,1 (paper {1,2,3})",
-      "layers_last": "T'm at block 4 (paper {11})"}),
-    ("Table 8: token masking", ["mask_none", "mask_random", "hybrid"],
-     {"hybrid": "progressive 70%³ (25%, 4 of 16; the hybrid)"}),
-    ("Table 12: α, the weight of T'm", ["tc", "alpha_0.03", "alpha_0.1", "alpha_0.3", "alpha_0.7", "hybrid"],
-     {"tc": "α = 0 (Tc only)", "hybrid": "α = 1.0 (the hybrid)"}),
+    ("Table 3: teacher combinations (no masking)",
+     [("table3_tc", None, "table3_tc"), ("table3_tm", None, "table3_tm"), ("table3_tc_tc_rel", None, "table3_tc_tc_rel"),
+      ("table3_tm_tm_rel", None, "table3_tm_tm_rel"), (HYBRID, None, "table3_tc_tm_rel")]),
+    ("Table 5: what T'm distils, with Tc's features (no masking)",
+     [("table5_naive", None, "table5_naive"), ("table5_block", None, "table5_block"), ("table5_msa", None, "table5_msa"),
+      (HYBRID, "R: relations Q·Kᵀ (the hybrid)", "table5_relation")]),
+    ("Table 7: where T'm is distilled (1-based layers of 12; no masking)",
+     [("table7_layers_1-11", None, "table7_layers_1-11"), ("table7_layers_1-2-3", None, "table7_layers_1-2-3"),
+      ("table7_layers_5-6-7", None, "table7_layers_5-6-7"), ("table7_layers_9-10-11", None, "table7_layers_9-10-11"),
+      (HYBRID, "{10, 11} (the hybrid)", "table7_layers_10-11"), ("table7_layers_11", None, "table7_layers_11")]),
+    ("Table 8: token masking (4x4 grid: 16 patches)",
+     [(HYBRID, "none, 100% (16 of 16)", "table8_none"), ("table8_random", None, "table8_random"),
+      ("table8_direct", None, "table8_direct"), ("table8_progressive_50", None, "table8_progressive_50"),
+      ("table8_progressive_70", None, "table8_progressive_70"), ("table8_progressive_90", None, "table8_progressive_90")]),
+    ("Table 12(a): α, the weight of T'm (no masking)",
+     [("table3_tc", "α = 0 (Tc only)", "table12a_alpha_0.0"), ("table12a_alpha_0.1", None, "table12a_alpha_0.1"),
+      ("table12a_alpha_0.3", None, "table12a_alpha_0.3"), ("table12a_alpha_0.5", None, "table12a_alpha_0.5"),
+      ("table12a_alpha_0.7", None, "table12a_alpha_0.7"), (HYBRID, "α = 1.0 (the hybrid)", "table12a_alpha_1.0")]),
 ]
 
 
@@ -98,25 +112,27 @@ def main():
                 for t in ("teacher_mae", "teacher_sup")}
 
     lines = [f"Fashion-MNIST test top-1 (%), mean ± std over {seeds} seeds (n = seeds finished, where fewer); "
-             f"{steps} distillation steps and {ft_steps} fine-tuning steps of batch 128 per run; student "
-             "vit_mini_patch7_28. Paper: COCO AP^box, ViT-B/16, DeiT + MAE teachers.", ""]
+             f"{steps} distillation steps (× epochs/100 of the recipe) and {ft_steps} fine-tuning steps of batch 128 "
+             "per run; student and teachers vit_mini12_patch7_28; the paper's recipes (configs/paper/) under "
+             "scripts/reproduce.sh's uniform small-scale overrides. Paper: COCO AP^box, ViT-B/16, DeiT + MAE "
+             "teachers.", ""]
     t = teachers
     f1 = lambda v: "–" if v is None else f"{v:.2f}"
     lines += ["| Teacher | k-NN | linear probe |", "|---|---|---|",
               f"| MAE (pretrain-mae) | {f1(t['teacher_mae']['knn'])} | {f1(t['teacher_mae']['probe'])} |",
               f"| supervised (train) | {f1(t['teacher_sup']['knn'])} | {f1(t['teacher_sup']['probe'])} |", ""]
-    for title, names, rename in GROUPS:
+    for title, rows in GROUPS:
         lines += [f"**{title}**", "",
                   "| Row | k-NN | linear probe | fine-tune | distill s/run (median) | paper AP^box |",
                   "|---|---|---|---|---|---|"]
-        for n in names:
+        for n, label, paper_row in rows:
             r = res.get(n)
             if r is None:
                 continue
             secs = [v for v in r["values"]["seconds"] if v is not None]
             sec_txt = f"{statistics.median(secs):.0f}" if secs else "–"
-            lines.append(f"| {rename.get(n, labels[n])} | {fmt(r['knn'], seeds)} | {fmt(r['probe'], seeds)} | "
-                         f"{fmt(r['finetune'], seeds)} | {sec_txt} | {PAPER.get(n, '–')} |")
+            lines.append(f"| {label or labels[n]} | {fmt(r['knn'], seeds)} | {fmt(r['probe'], seeds)} | "
+                         f"{fmt(r['finetune'], seeds)} | {sec_txt} | {PAPER.get(paper_row, '–')} |")
         lines.append("")
     text = "\n".join(lines)
     with open(os.path.join(out, "results.md"), "w") as f:

@@ -6,6 +6,7 @@
 
 #include "distill/masking.h"
 #include "model/checkpoint.h"
+#include "model/interop.h"
 #include "util/error.h"
 
 namespace hd::distill {
@@ -24,6 +25,18 @@ std::vector<Teacher> load_teachers(const Recipe& recipe, const c10::Device& devi
     if (!report.missing.empty())
       throw Error(spec.checkpoint + ": teacher '" + spec.name + "' lacks tensor '" + report.missing.front() + "'" +
                   (report.missing.size() > 1 ? " and " + std::to_string(report.missing.size() - 1) + " more" : ""));
+    if (spec.img_size > 0 && spec.img_size != t.model->config().img_size) {
+      // The teacher at the recipe's input size (e.g. CLIP-L/14 at 196 px, a 14x14 grid): the
+      // same weights, pos_embed resampled to the new grid (bicubic, as timm).
+      auto cfg = t.model->config();
+      cfg.img_size = spec.img_size;
+      model::VisionTransformer resized(cfg);
+      auto state = model::state_dict(*t.model);
+      for (auto& [k, v] : state)
+        if (k == "pos_embed") v = model::resample_pos_embed(v, cfg.grid_size(), cfg.grid_size(), cfg.num_prefix_tokens());
+      model::load_state(*resized, state, /*strict=*/true, spec.checkpoint);
+      t.model = resized;
+    }
     t.model->eval();
     for (auto& p : t.model->parameters()) p.set_requires_grad(false);
     t.model->to(device, dtype);
@@ -157,13 +170,23 @@ torch::Tensor HybridDistillerImpl::teacher_input(size_t ti, const torch::Tensor&
   const auto& tc = teachers_[ti].model->config();
   const auto& tm = spec.mean.empty() ? tc.mean : spec.mean;
   const auto& ts = spec.std.empty() ? tc.std : spec.std;
-  if (tm == sc.mean && ts == sc.std) return images;
-  auto opts = images.options();
-  auto v = [&](const std::vector<double>& x) {
-    return torch::tensor(std::vector<float>(x.begin(), x.end()), opts.dtype(torch::kFloat)).view({1, -1, 1, 1});
-  };
-  // Undo the student's normalisation, apply the teacher's.
-  return ((images * v(sc.std) + v(sc.mean)) - v(tm)) / v(ts);
+  auto x = images;
+  if (tm != sc.mean || ts != sc.std) {
+    auto opts = images.options();
+    auto v = [&](const std::vector<double>& m) {
+      return torch::tensor(std::vector<float>(m.begin(), m.end()), opts.dtype(torch::kFloat)).view({1, -1, 1, 1});
+    };
+    // Undo the student's normalisation, apply the teacher's.
+    x = ((images * v(sc.std) + v(sc.mean)) - v(tm)) / v(ts);
+  }
+  // Each teacher at its own resolution (same patch grid as the student, so tokens correspond).
+  // Bilinear commutes with the per-channel affine normalisation, so the order does not matter.
+  if (tc.img_size != x.size(-1) || tc.img_size != x.size(-2))
+    x = F::interpolate(x, F::InterpolateFuncOptions()
+                              .size(std::vector<int64_t>{tc.img_size, tc.img_size})
+                              .mode(torch::kBilinear)
+                              .align_corners(false));
+  return x;
 }
 
 torch::Tensor HybridDistillerImpl::compute_mask(const std::vector<torch::Tensor>& teacher_inputs,
@@ -234,6 +257,8 @@ DistillOutput HybridDistillerImpl::forward(const torch::Tensor& images, bool kee
     for (const auto& tg : teachers_[ti].spec.targets) {
       // CLS participates when asked for and when both models have one.
       const bool cls = tg.include_cls && tprefix > 0 && sprefix > 0;
+      TargetTerm tt;
+      tt.weight = tg.weight;
       for (size_t k = 0; k < std::max<size_t>(1, tg.layers.size()); ++k) {
         auto key = term_name(teachers_[ti], tg, k);
         torch::Tensor target, pred;
@@ -287,13 +312,24 @@ DistillOutput HybridDistillerImpl::forward(const torch::Tensor& images, bool kee
         pred = pred.to(lt);
         auto term = smooth_l1(pred, target, recipe_.smooth_l1_beta);
         out.terms.emplace_back(key, term);
-        auto weighted = term * tg.weight;
-        total = total.defined() ? total + weighted : weighted;
+        tt.value = tt.value.defined() ? tt.value + term : term;
+        tt.layers.push_back(key);
         if (keep_tensors) {
           out.targets.emplace_back(key, target);
           out.preds.emplace_back(key, pred);
         }
       }
+      // Eq. 3: the layers of one target are one concatenated target under one mean-reduced D,
+      // i.e. the mean of the per-layer terms (every layer's tensor has the same size).
+      if (tt.layers.size() > 1) {
+        if (tg.reduce == TargetReduce::Mean) tt.value = tt.value / static_cast<double>(tt.layers.size());
+        tt.name = teachers_[ti].spec.name + "." + to_string(tg.kind) + "." + to_string(tg.reduce);
+      } else {
+        tt.name = tt.layers.front();
+      }
+      auto weighted = tt.value * tg.weight;
+      total = total.defined() ? total + weighted : weighted;
+      out.target_terms.push_back(std::move(tt));
     }
   }
   out.loss = total;

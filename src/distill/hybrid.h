@@ -51,9 +51,18 @@ class DecoderImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Decoder);
 
+// One target's term: its per-layer terms reduced (mean by default, Eq. 3), and its weight.
+struct TargetTerm {
+  std::string name;   // "<teacher>.<kind>.<mean|sum>", or the single per-layer term's name
+  torch::Tensor value;
+  double weight = 1.0;
+  std::vector<std::string> layers;  // the per-layer terms it reduces
+};
+
 struct DistillOutput {
-  torch::Tensor loss;                                           // Σ weight · term
-  std::vector<std::pair<std::string, torch::Tensor>> terms;     // "<teacher>.<kind>.<layer|last>" -> scalar
+  torch::Tensor loss;                                           // Σ_targets weight · reduce(per-layer terms)
+  std::vector<std::pair<std::string, torch::Tensor>> terms;     // per layer: "<teacher>.<kind>.<layer|last>" -> scalar
+  std::vector<TargetTerm> target_terms;                         // per target, as they enter `loss`
   torch::Tensor keep;                                           // [B,K] patch indices the student sees
   torch::Tensor masked;                                         // mask_tokens: [B,M] reconstructed positions
   // Filled with keep_tensors: the targets and predictions exactly as the loss compares them.
@@ -65,7 +74,7 @@ class HybridDistillerImpl : public torch::nn::Module {
   HybridDistillerImpl(const Recipe& recipe, model::VisionTransformer student, std::vector<Teacher> teachers);
 
   // `images` normalised with the student's mean/std; each teacher gets them re-normalised with
-  // its own. `gen` drives random masking (and nothing else).
+  // its own and resized (bilinear) to its own img_size. `gen` drives random masking (and nothing else).
   DistillOutput forward(const torch::Tensor& images, bool keep_tensors = false,
                         c10::optional<at::Generator> gen = c10::nullopt);
 

@@ -38,6 +38,8 @@ std::string to_string(MaskStrategy s) {
   return "?";
 }
 
+std::string to_string(TargetReduce r) { return r == TargetReduce::Sum ? "sum" : "mean"; }
+
 namespace {
 
 // Walks a YAML tree with the current key path, so every message names the file and the key.
@@ -184,6 +186,28 @@ void apply_override(YAML::Node root, const std::string& spec) {
 
 }  // namespace
 
+namespace {
+
+// Every teacher's patch grid must equal the student's (tokens correspond one to one). Reached
+// only with an explicit teacher img_size: otherwise the size is derived to match.
+void check_grids(const Reader& r, const Recipe& rc, const std::vector<model::ViTConfig>& tcfgs) {
+  auto describe = [](const std::string& who, const model::ViTConfig& c) {
+    const auto g = std::to_string(c.grid_size());
+    return who + " " + std::to_string(c.img_size) + "px in " + std::to_string(c.patch_size) + "px patches (" + g + "x" +
+           g + " grid)";
+  };
+  for (size_t i = 0; i < tcfgs.size(); ++i) {
+    if (tcfgs[i].grid_size() == rc.student.grid_size() && tcfgs[i].img_size % tcfgs[i].patch_size == 0) continue;
+    std::string all = describe("student", rc.student);
+    for (size_t j = 0; j < tcfgs.size(); ++j) all += "; " + describe("teacher '" + rc.teachers[j].name + "'", tcfgs[j]);
+    r.fail("teachers." + rc.teachers[i].name + ".img_size",
+           "token grids differ: " + all + ". Every teacher's grid must equal the student's (here img_size " +
+               std::to_string(rc.student.grid_size() * tcfgs[i].patch_size) + " for '" + rc.teachers[i].name + "')");
+  }
+}
+
+}  // namespace
+
 Recipe parse_recipe(const std::string& text, const std::string& origin, const std::string& base_dir,
                     const std::vector<std::string>& overrides) {
   Reader r(origin);
@@ -243,7 +267,7 @@ Recipe parse_recipe(const std::string& text, const std::string& origin, const st
   for (size_t ti = 0; ti < ts.size(); ++ti) {
     auto t = ts[ti];
     std::string path = "teachers[" + std::to_string(ti) + "]";
-    r.only_keys(t, path, {"name", "checkpoint", "arch", "mean", "std", "targets"});
+    r.only_keys(t, path, {"name", "checkpoint", "arch", "img_size", "mean", "std", "targets"});
     TeacherSpec spec;
     r.get(t, "name", path, spec.name);
     if (spec.name.empty()) r.fail(path + ".name", "is required");
@@ -263,10 +287,16 @@ Recipe parse_recipe(const std::string& text, const std::string& origin, const st
     } catch (const Error& e) {
       r.fail(path + ".checkpoint", e.what());
     }
-    if (tc.img_size != rc.student.img_size || tc.patch_size != rc.student.patch_size)
-      r.fail(path, "teacher sees " + std::to_string(tc.img_size) + "px images in " + std::to_string(tc.patch_size) +
-                       "px patches but the student " + std::to_string(rc.student.img_size) + "px in " +
-                       std::to_string(rc.student.patch_size) + "px: tokens must correspond");
+    // Each teacher sees its own resolution; token positions correspond when the grids are equal.
+    r.get(t, "img_size", path, spec.img_size);
+    if (t["img_size"]) {
+      if (spec.img_size <= 0 || spec.img_size > 4096 || spec.img_size % tc.patch_size != 0)
+        r.fail(path + ".img_size", "must be a positive multiple of the teacher's " + std::to_string(tc.patch_size) +
+                                       "px patch (got " + std::to_string(spec.img_size) + ")");
+    } else {
+      spec.img_size = tc.grid_size() == rc.student.grid_size() ? tc.img_size : rc.student.grid_size() * tc.patch_size;
+    }
+    tc.img_size = spec.img_size;
     if (tc.in_chans != rc.student.in_chans) r.fail(path, "teacher and student input channels differ");
     if (!spec.mean.empty() && static_cast<int64_t>(spec.mean.size()) != tc.in_chans)
       r.fail(path + ".mean", "needs one value per input channel");
@@ -280,7 +310,7 @@ Recipe parse_recipe(const std::string& text, const std::string& origin, const st
       auto tg = targets[k];
       std::string tp = path + ".targets[" + std::to_string(k) + "]";
       r.only_keys(tg, tp, {"kind", "layers", "student_layers", "weight", "norm", "relation_scaled", "include_cls",
-                           "head_mapping", "decoder", "decoder_depth"});
+                           "head_mapping", "decoder", "decoder_depth", "reduce"});
       TargetSpec ts_;
       std::string kind = "features", norm = "none", hm = "none";
       r.get(tg, "kind", tp, kind);
@@ -290,6 +320,9 @@ Recipe parse_recipe(const std::string& text, const std::string& origin, const st
       r.get(tg, "layers", tp, ts_.layers);
       r.get(tg, "student_layers", tp, ts_.student_layers);
       r.get(tg, "weight", tp, ts_.weight);
+      std::string reduce = "mean";
+      r.get(tg, "reduce", tp, reduce);
+      ts_.reduce = parse_enum<TargetReduce>(r, tp + ".reduce", reduce, {{"mean", TargetReduce::Mean}, {"sum", TargetReduce::Sum}});
       r.get(tg, "norm", tp, norm);
       ts_.norm = parse_enum<TargetNorm>(r, tp + ".norm", norm, {{"none", TargetNorm::None}, {"layernorm", TargetNorm::LayerNorm}});
       r.get(tg, "relation_scaled", tp, ts_.relation_scaled);
@@ -336,6 +369,7 @@ Recipe parse_recipe(const std::string& text, const std::string& origin, const st
     rc.teachers.push_back(spec);
     tcfgs.push_back(tc);
   }
+  check_grids(r, rc, tcfgs);
 
   // --- masking
   auto mk = root["masking"];
@@ -464,6 +498,7 @@ std::string Recipe::to_yaml() const {
     e << YAML::BeginMap << YAML::Key << "name" << YAML::Value << t.name << YAML::Key << "checkpoint" << YAML::Value
       << t.checkpoint;
     if (!t.arch.empty()) e << YAML::Key << "arch" << YAML::Value << t.arch;
+    if (t.img_size > 0) e << YAML::Key << "img_size" << YAML::Value << t.img_size;
     if (!t.mean.empty()) e << YAML::Key << "mean" << YAML::Value << YAML::Flow << t.mean;
     if (!t.std.empty()) e << YAML::Key << "std" << YAML::Value << YAML::Flow << t.std;
     e << YAML::Key << "targets" << YAML::Value << YAML::BeginSeq;
@@ -474,6 +509,7 @@ std::string Recipe::to_yaml() const {
         e << YAML::Key << "student_layers" << YAML::Value << YAML::Flow << g.student_layers;
       }
       e << YAML::Key << "weight" << YAML::Value << g.weight;
+      if (g.kind != TargetKind::Features) e << YAML::Key << "reduce" << YAML::Value << to_string(g.reduce);
       e << YAML::Key << "norm" << YAML::Value << (g.norm == TargetNorm::LayerNorm ? "layernorm" : "none");
       if (g.kind == TargetKind::Relation) {
         e << YAML::Key << "relation_scaled" << YAML::Value << g.relation_scaled;

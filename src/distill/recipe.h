@@ -23,9 +23,14 @@ enum class MaskStrategy { None, Random, Direct, Progressive, MaskTokens };
 enum class DecoderKind { None, Linear, Attention };
 enum class MaskSource { BlockInput, BlockOutput };  // paper: x^i (block input); PCAE: block output
 enum class HeadMapping { None, Average };           // relations with differing head counts
+// How a target's per-layer terms combine into its one term (Eq. 3: T'm = [R^{L-1}, R^{L-2}] is ONE
+// target under one D; with a mean-reduced D over equal-sized layers that is the mean of the
+// per-layer terms). Sum weighs every layer fully (α · number of layers): an explicit choice.
+enum class TargetReduce { Mean, Sum };
 
 std::string to_string(TargetKind k);
 std::string to_string(MaskStrategy s);
+std::string to_string(TargetReduce r);
 
 struct TargetSpec {
   TargetKind kind = TargetKind::Features;
@@ -35,6 +40,7 @@ struct TargetSpec {
   // the student's final normed output).
   std::vector<int64_t> student_layers;
   double weight = 1.0;  // α in Eq. 1
+  TargetReduce reduce = TargetReduce::Mean;  // over `layers`
   TargetNorm norm = TargetNorm::None;
   // Relations: R = Q·Kᵀ as Eq. 2 defines (default), or scaled by head_dim^-0.5 (the softmax
   // input); CLS row/column included by default.
@@ -50,6 +56,11 @@ struct TeacherSpec {
   std::string checkpoint;
   std::string arch;                       // optional preset; default: config in the checkpoint
   std::vector<double> mean, std;          // optional; default: the teacher config's
+  // Input size the teacher sees (the student's images resized to it). Default: the teacher's own
+  // img_size when its patch grid equals the student's, else student grid × teacher patch (e.g.
+  // CLIP-L/14 at 196 px next to a 224 px ViT-B/16 student: both 14×14); its pos_embed is
+  // resampled to the grid when that differs from the checkpoint's. Always set after parsing.
+  int64_t img_size = 0;
   std::vector<TargetSpec> targets;
 };
 
@@ -101,7 +112,7 @@ struct Recipe {
 
 // Reads and validates a recipe. Relative checkpoint paths resolve against the recipe's folder.
 // hd::Error names the file and the key for unknown keys, bad values, missing checkpoints,
-// out-of-range layers, mismatched image/patch sizes, head counts without a mapping.
+// out-of-range layers, patch grids that cannot be made equal, head counts without a mapping.
 // `overrides` ("KEY=VALUE", KEY a dotted path such as train.epochs, teachers.0.checkpoint or
 // teachers.mim.checkpoint (list elements by index or by name), VALUE any YAML) are applied to
 // the document first, then validated like the file's own keys.

@@ -12,6 +12,9 @@ namespace hd::distill {
 torch::Tensor DistillTask::loss(const data::Batch& batch, train::NamedTensors& terms) {
   auto out = d_->forward(batch.images);
   for (auto& [k, v] : out.terms) terms.emplace_back(k, v.detach());
+  // Multi-layer targets also as they enter the loss (e.g. mim.relation.mean).
+  for (auto& t : out.target_terms)
+    if (t.layers.size() > 1) terms.emplace_back(t.name, t.value.detach());
   return out.loss;
 }
 

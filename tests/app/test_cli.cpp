@@ -136,10 +136,13 @@ TEST(Cli, DistillAndDumpStep) {
   EXPECT_EQ(f.info("mask.keep").dtype, "I64");
   EXPECT_EQ(f.info("target.mim.relation.3").shape, (std::vector<int64_t>{2, 4, 17, 17}));
   EXPECT_EQ(f.info("pred.sup.features.last").shape, (std::vector<int64_t>{2, 17, 128}));
+  // Eq. 1 + 3: features + α · the mean of the relation layers (α = 1), reported as its own term.
   double total = f.load("loss.total").item<double>();
-  double sum = f.load("loss.mim.relation.3").item<double>() + f.load("loss.mim.relation.4").item<double>() +
-               f.load("loss.sup.features.last").item<double>();
-  EXPECT_NEAR(total, sum, 1e-5);
+  double rel = 0.5 * (f.load("loss.mim.relation.3").item<double>() + f.load("loss.mim.relation.4").item<double>());
+  EXPECT_NEAR(f.load("loss.mim.relation.mean").item<double>(), rel, 1e-6);
+  EXPECT_NEAR(total, f.load("loss.sup.features.last").item<double>() + rel, 1e-5);
+  EXPECT_EQ(f.metadata().at("loss.total"), "1*mim.relation.mean(mim.relation.3,mim.relation.4) + 1*sup.features.last");
+  EXPECT_TRUE(contains(r.out, "= 1*mim.relation.mean(")) << r.out;
   // Same recipe, same input: the dump is reproducible.
   ASSERT_EQ(run("dump-step --precision fp32 -r " + dir + "/r.yaml -i " + dir + "/x.safetensors -o " + dir + "/step2.safetensors").code, 0);
   EXPECT_TRUE(torch::equal(f.load("target.sup.features.last"),

@@ -114,8 +114,20 @@ TEST(Recipe, RefusesWhatCannotWork) {
   // 48-dim teacher with 4 heads vs a 6-head student: relations need a head mapping.
   expect_error(recipe_text("strategy: none", "config: {img_size: 28, patch_size: 4, in_chans: 1, embed_dim: 48, depth: 6, num_heads: 6, num_classes: 0, mean: [0.5], std: [0.5]}"),
                "head_mapping");
-  expect_error(recipe_text("strategy: none", "config: {img_size: 32, patch_size: 4, in_chans: 1, embed_dim: 64, depth: 6, num_heads: 4, mean: [0.5], std: [0.5]}"),
-               "tokens must correspond");
+  // An explicit teacher input size whose grid differs from the student's is refused, naming
+  // every model's size, patch and grid (the derived default would match: see Hybrid.TeacherInputSize).
+  auto grid = base;
+  grid.replace(grid.find("    targets:\n      - {kind: features"), 4, "    img_size: 32\n    ");
+  expect_error(grid, "teachers.sup.img_size");
+  expect_error(grid, "student 28px in 4px patches (7x7 grid); teacher 'mim' 28px in 4px patches (7x7 grid); "
+                     "teacher 'sup' 32px in 4px patches (8x8 grid)");
+  expect_error(grid, "img_size 28 for 'sup'");
+  auto odd = base;
+  odd.replace(odd.find("    targets:\n      - {kind: features"), 4, "    img_size: 30\n    ");
+  expect_error(odd, "multiple of the teacher's 4px patch");
+  auto red = base;
+  red.replace(red.find("student_layers: [4, 5]"), 22, "student_layers: [4, 5], reduce: max");
+  expect_error(red, "teachers.mim.targets[0].reduce");
   expect_error(recipe_text("strategy: none", "config: {img_size: 30, patch_size: 4}"), "not divisible");
 }
 
@@ -153,10 +165,10 @@ TEST(Hybrid, ProgressiveMaskTargetsAndGradients) {
   EXPECT_NEAR(out.targets[2].second.mean(-1).abs().max().item<double>(), 0.0, 1e-5);
   ASSERT_EQ(d->decoders.size(), 1u);
 
-  // Total = sum of weighted terms.
-  double sum = 0;
-  for (auto& [k, v] : out.terms) sum += v.item<double>();
-  EXPECT_NEAR(out.loss.item<double>(), sum, 1e-5);
+  // Total = features + α · mean of the two relation layers (Eq. 3); see Hybrid.Eq3 below.
+  const double expect_total = out.terms[2].second.item<double>() +
+                              0.5 * (out.terms[0].second.item<double>() + out.terms[1].second.item<double>());
+  EXPECT_NEAR(out.loss.item<double>(), expect_total, 1e-5);
 
   // Gradients reach the student and the projection only.
   out.loss.backward();
@@ -292,4 +304,140 @@ TEST(Trainer, ShortRunLowersLossAndResumeIsExact) {
   tc.resume = true;
   tc.quiet = true;
   EXPECT_THROW(train::train(task, loader, tc), hd::Error);
+}
+
+namespace {
+
+// Smooth L1 written out (Eq. 1's D): 0.5 x²/β below β, |x| - β/2 above; averaged over elements.
+double smooth_l1_by_hand(const torch::Tensor& pred, const torch::Tensor& target, double beta) {
+  auto p = pred.to(torch::kDouble).flatten(), t = target.to(torch::kDouble).flatten();
+  auto pa = p.accessor<double, 1>(), ta = t.accessor<double, 1>();
+  double s = 0;
+  for (int64_t i = 0; i < p.numel(); ++i) {
+    const double x = std::abs(pa[i] - ta[i]);
+    s += x < beta ? 0.5 * x * x / beta : x - 0.5 * beta;
+  }
+  return s / static_cast<double>(p.numel());
+}
+
+double term(const DistillOutput& out, const std::string& name) {
+  for (const auto& [k, v] : out.terms)
+    if (k == name) return v.item<double>();
+  ADD_FAILURE() << "no term " << name;
+  return 0;
+}
+
+}  // namespace
+
+// Eq. 1 + 3: loss = D(features) + α · D([R^{L-1}, R^{L-2}]), one D over the concatenated relation
+// target, i.e. α times the MEAN of the per-layer relation terms (each layer's tensor has the same
+// size). `reduce: sum` is the explicit alternative. Block and MSA targets reduce the same way.
+TEST(Hybrid, Eq3RelationLayersAreOneTarget) {
+  const double alpha = 0.7;
+  auto text = recipe_text("strategy: none");
+  text.replace(text.find("student_layers: [4, 5]}"), 23, "student_layers: [4, 5], weight: 0.7}");
+  auto r = parse_recipe(text, "r.yaml");
+  EXPECT_EQ(r.teachers[0].targets[0].reduce, TargetReduce::Mean);
+  torch::manual_seed(3);
+  model::VisionTransformer student(r.student);
+  HybridDistiller d(r, student, load_teachers(r, torch::kCPU));
+  torch::manual_seed(5);
+  auto x = torch::randn({3, 1, 28, 28});
+  auto out = d->forward(x, true);
+  const double r1 = term(out, "mim.relation.1"), r2 = term(out, "mim.relation.2"), f = term(out, "sup.features.last");
+  EXPECT_NEAR(out.loss.item<double>(), f + alpha * (r1 + r2) / 2, 1e-6);
+  // Not the per-layer sum (what α = 2 per layer would be).
+  EXPECT_GT(std::abs(out.loss.item<double>() - (f + alpha * (r1 + r2))), 1e-3);
+  ASSERT_EQ(out.target_terms.size(), 2u);
+  EXPECT_EQ(out.target_terms[0].name, "mim.relation.mean");
+  EXPECT_NEAR(out.target_terms[0].value.item<double>(), (r1 + r2) / 2, 1e-6);
+  EXPECT_EQ(out.target_terms[1].name, "sup.features.last");
+
+  // Each per-layer term, recomputed from the gathered tensors with a hand-written smooth L1.
+  // (Full image: the relation target is the whole teacher relation, CLS included, times √d.)
+  for (size_t i = 0; i < out.targets.size(); ++i) {
+    EXPECT_NEAR(smooth_l1_by_hand(out.preds[i].second, out.targets[i].second, 2.0), out.terms[i].second.item<double>(),
+                1e-6)
+        << out.terms[i].first;
+  }
+  torch::NoGradGuard ng;
+  model::TapSpec ts;
+  ts.features = false;
+  ts.relation = {1};
+  auto taps = d->teachers()[0].model->forward_taps(x, ts);
+  EXPECT_TRUE(torch::allclose(out.targets[0].second, taps.relation[1] * std::sqrt(12.0), 1e-5, 1e-5));
+
+  // reduce: sum adds the layers.
+  auto sum_text = text;
+  sum_text.replace(sum_text.find("weight: 0.7}"), 12, "weight: 0.7, reduce: sum}");
+  auto rs = parse_recipe(sum_text, "r.yaml");
+  EXPECT_EQ(rs.teachers[0].targets[0].reduce, TargetReduce::Sum);
+  EXPECT_NE(rs.to_yaml().find("reduce: sum"), std::string::npos);
+  torch::manual_seed(3);
+  model::VisionTransformer s2(rs.student);
+  HybridDistiller d2(rs, s2, load_teachers(rs, torch::kCPU));
+  auto out2 = d2->forward(x, true);
+  EXPECT_NEAR(term(out2, "mim.relation.1"), r1, 1e-6);  // same student init, same terms
+  EXPECT_NEAR(out2.loss.item<double>(), f + alpha * (r1 + r2), 1e-6);
+  EXPECT_EQ(out2.target_terms[0].name, "mim.relation.sum");
+
+  // Block and MSA targets over several layers: the mean of their per-layer terms too.
+  for (const char* kind : {"block", "msa"}) {
+    auto k_text = text;
+    k_text.replace(k_text.find("kind: relation"), 14, std::string("kind: ") + kind);
+    auto rk = parse_recipe(k_text, "r.yaml");
+    torch::manual_seed(3);
+    model::VisionTransformer sk(rk.student);
+    HybridDistiller dk(rk, sk, load_teachers(rk, torch::kCPU));
+    auto ok = dk->forward(x);
+    const std::string p = std::string("mim.") + kind + ".";
+    EXPECT_NEAR(ok.loss.item<double>(), term(ok, "sup.features.last") + alpha * (term(ok, p + "1") + term(ok, p + "2")) / 2,
+                1e-6)
+        << kind;
+  }
+}
+
+// A teacher at its own resolution (as CLIP-L/14 at 196 px beside a ViT-B/16 student at 224 px):
+// the student's 28 px images in 7 px patches, an 8 px-patch teacher at 32 px (both 4x4 grids),
+// resized bilinearly and re-normalised with the teacher's mean/std.
+TEST(Hybrid, TeacherInputSize) {
+  auto d0 = fs::temp_directory_path() / "hd_test_teacher_size";
+  fs::create_directories(d0);
+  auto c = model::preset("vit_mini_patch7_28");
+  c.depth = 2;
+  c.num_classes = 0;
+  c.name = "p8";
+  c.patch_size = 8;
+  c.img_size = 24;  // a 3x3 grid as saved: its pos_embed is resampled to the 4x4 grid at 32 px
+  c.mean = {0.2};
+  c.std = {0.4};
+  torch::manual_seed(1);
+  model::VisionTransformer p8(c);
+  model::save_model((d0 / "p8.safetensors").string(), p8);
+  std::string yaml = "name: sizes\nstudent: {arch: vit_mini_patch7_28}\nteachers:\n"
+                     "  - name: big\n    checkpoint: " + (d0 / "p8.safetensors").string() + "\n"
+                     "    targets: [{kind: relation, layers: [0, 1], head_mapping: average}, {kind: features}]\n";
+  auto r = parse_recipe(yaml, "r.yaml");
+  EXPECT_EQ(r.teachers[0].img_size, 32);  // derived: the student's 4x4 grid in 8 px patches
+  EXPECT_NE(r.to_yaml().find("img_size: 32"), std::string::npos);
+  auto teachers = load_teachers(r, torch::kCPU);
+  EXPECT_EQ(teachers[0].model->config().img_size, 32);
+  EXPECT_EQ(teachers[0].model->pos_embed.size(1), 17);
+  torch::manual_seed(0);
+  model::VisionTransformer s(r.student);
+  HybridDistiller d(r, s, teachers);
+  auto x = torch::randn({2, 1, 28, 28});
+  auto out = d->forward(x, true);
+  EXPECT_EQ(out.targets[0].second.sizes(), (std::vector<int64_t>{2, 1, 17, 17}));
+  // The target, by hand: un-normalise (the student's Fashion-MNIST mean/std), resize, normalise.
+  torch::NoGradGuard ng;
+  auto raw = x * 0.3530 + 0.2860;
+  auto big = torch::nn::functional::interpolate(
+      raw, torch::nn::functional::InterpolateFuncOptions().size(std::vector<int64_t>{32, 32}).mode(torch::kBilinear).align_corners(false));
+  auto feats = d->teachers()[0].model->forward_features((big - 0.2) / 0.4);
+  EXPECT_TRUE(torch::allclose(out.targets[2].second, feats, 1e-4, 1e-5));
+  // An explicit size is kept as given when its grid matches.
+  auto ry = yaml;
+  ry.replace(ry.find("    targets:"), 4, "    img_size: 32\n    ");
+  EXPECT_EQ(parse_recipe(ry, "r.yaml").teachers[0].img_size, 32);
 }

@@ -10,7 +10,8 @@ import tempfile
 import unittest
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts", "results_table.py")
-ROWS = "hybrid|3|Tc + T'm (hybrid)|r.yaml|\ntc|3|Tc (supervised features only)|r.yaml|\n"
+ROWS = ("table3_tc_tm_rel|3|Tc + T'm (hybrid)\ntable3_tc|3|Tc (supervised features only)\n"
+        "table8_progressive_70|8|progressive 70%³\n")
 
 
 def write(path, text):
@@ -33,11 +34,12 @@ class ResultsTable(unittest.TestCase):
         with tempfile.TemporaryDirectory() as out:
             # hybrid: 3 seeds; k-NN 70, 72, 74 -> 72.00 ± 2.00; times 90, 300, 100 -> median 100.
             for seed, (k, s) in enumerate(((0.70, 90), (0.72, 300), (0.74, 100))):
-                run("hybrid", seed, k, 0.80, 0.60 + seed / 100, s, out)
+                run("table3_tc_tm_rel", seed, k, 0.80, 0.60 + seed / 100, s, out)
             # tc: seed 1 never finished (no .done); two seeds, times 60 and 80 -> median 70.
-            run("tc", 0, 0.75, 0.81, 0.70, 60, out)
-            run("tc", 2, 0.77, 0.81, 0.72, 80, out)
-            write(os.path.join(out, "tc", "seed1", "knn", "result.json"), json.dumps({"top1": 0.10}))
+            run("table3_tc", 0, 0.75, 0.81, 0.70, 60, out)
+            run("table3_tc", 2, 0.77, 0.81, 0.72, 80, out)
+            write(os.path.join(out, "table3_tc", "seed1", "knn", "result.json"), json.dumps({"top1": 0.10}))
+            run("table8_progressive_70", 0, 0.70, 0.80, 0.60, 50, out)
             doc = os.path.join(out, "RESULTS.md")
             write(doc, "head\n<!-- results:begin -->\nold\n<!-- results:end -->\ntail\n")
             subprocess.run([sys.executable, SCRIPT, out, "3", "234", "234", ROWS, doc], check=True,
@@ -50,8 +52,14 @@ class ResultsTable(unittest.TestCase):
             self.assertIn("| Tc (supervised features only) | 76.00 ± 1.41 (n=2) | 81.00 ± 0.00 (n=2) | "
                           "71.00 ± 1.41 (n=2) | 70 | 47.5 |", text)
             self.assertIn("| α = 0 (Tc only) | 76.00 ± 1.41 (n=2)", text)
+            # One run stands for identical recipes of other tables, with their label and paper number.
+            self.assertIn("| none, 100% (16 of 16) | 72.00 ± 2.00", text)
+            self.assertIn("| {10, 11} (the hybrid) | 72.00 ± 2.00", text)
+            # The paper's 70%^3 row is 49.9, not the no-masking 50.0.
+            self.assertIn("| progressive 70%³ | 70.00 ± 0.00 (n=1) | 80.00 ± 0.00 (n=1) | 60.00 ± 0.00 (n=1) | 50 | 49.9 |",
+                          text)
             summary = json.load(open(os.path.join(out, "results.json")))
-            self.assertEqual(summary["rows"]["hybrid"]["values"]["seconds"], [90, 300, 100])
+            self.assertEqual(summary["rows"]["table3_tc_tm_rel"]["values"]["seconds"], [90, 300, 100])
 
             write(doc, "no markers\n")
             r = subprocess.run([sys.executable, SCRIPT, out, "3", "234", "234", ROWS, doc],
