@@ -31,6 +31,10 @@ enum class TargetReduce { Mean, Sum };
 std::string to_string(TargetKind k);
 std::string to_string(MaskStrategy s);
 std::string to_string(TargetReduce r);
+std::string to_string(TargetNorm n);
+std::string to_string(HeadMapping h);
+std::string to_string(DecoderKind d);
+std::string to_string(MaskSource s);
 
 struct TargetSpec {
   TargetKind kind = TargetKind::Features;
