@@ -353,6 +353,8 @@ bool is_script_module(const pickle::Value& v) {
 
 namespace {
 
+constexpr size_t kMaxNameLength = 1024;
+
 struct Walk {
   std::vector<std::pair<std::string, at::Tensor>> out;
   std::map<std::string, size_t> index;  // name -> position in out
@@ -374,6 +376,10 @@ void collect(const TorchFile& f, const Value& v, const std::string& prefix, size
     }
     const std::string name = prefix + key->s;
     if (val->kind == Kind::Tensor) {
+      // Names are matched against regexes later (key layouts); real ones are < 200 characters.
+      if (name.size() > kMaxNameLength)
+        throw Error(f.path() + ": a tensor name of " + std::to_string(name.size()) + " characters (at most " +
+                    std::to_string(kMaxNameLength) + ")");
       auto t = f.tensor(*val).contiguous();  // a view of its storage when it already is
       auto [it, fresh] = w.index.emplace(name, w.out.size());
       if (fresh) w.out.emplace_back(name, t);

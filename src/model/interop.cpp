@@ -35,11 +35,15 @@ CheckpointFile read_torch_file(const std::string& path) {
   auto file = io::TorchFile::open(path);
   out.format = file.format();
   const io::pickle::Value& root = file.root();
-  auto skipped_note = [](const std::vector<std::string>& skipped) {
+  // "a, b, c, ... (N in all)": a hostile file may have millions of entries.
+  auto list = [](const std::vector<std::string>& items) {
     std::string s;
-    for (size_t i = 0; i < skipped.size() && i < 8; ++i) s += (i ? ", " : "") + skipped[i];
-    if (skipped.size() > 8) s += ", ... (" + std::to_string(skipped.size()) + " in all)";
-    return "skipped the entries that are not tensors: " + s;
+    for (size_t i = 0; i < items.size() && i < 12; ++i) s += (i ? ", " : "") + items[i];
+    if (items.size() > 12) s += ", ... (" + std::to_string(items.size()) + " in all)";
+    return s;
+  };
+  auto skipped_note = [&](const std::vector<std::string>& skipped) {
+    return "skipped the entries that are not tensors: " + list(skipped);
   };
   if (io::is_script_module(root)) {
     out.tensors = file.tensors_in(root);
@@ -56,9 +60,8 @@ CheckpointFile read_torch_file(const std::string& path) {
     if (!skipped.empty()) out.notes.push_back(skipped_note(skipped));
     return out;
   }
-  std::string keys;
-  for (const auto& [k, v] : root.entries)
-    if (k->is_str()) keys += (keys.empty() ? "" : ", ") + k->s;
+  std::vector<std::string> keys;
+  for (const auto& [k, v] : root.entries) keys.push_back(k->is_str() ? k->s : k->type_name());
   // The first wrapper entry holding tensors, one more level down if need be.
   for (const auto& w : wrapper_keys()) {
     const io::pickle::Value* v = root.get(w);
@@ -78,11 +81,11 @@ CheckpointFile read_torch_file(const std::string& path) {
         }
       }
     if (out.tensors.empty()) continue;
-    std::string others;
-    for (const auto& [k, val] : root.entries)
-      if (!(k->is_str() && k->s == w)) others += (others.empty() ? "" : ", ") + (k->is_str() ? k->s : k->type_name());
+    std::vector<std::string> others;
+    for (const auto& k : keys)
+      if (k != w) others.push_back(k);
     out.notes.push_back("using the " + where + " entry of the file" +
-                        (others.empty() ? "" : " (other entries not read: " + others + ")"));
+                        (others.empty() ? "" : " (other entries not read: " + list(others) + ")"));
     if (!inner.empty()) out.notes.push_back(skipped_note(inner));
     return out;
   }
@@ -90,7 +93,7 @@ CheckpointFile read_torch_file(const std::string& path) {
     std::string s;
     for (const auto& w : wrapper_keys()) s += (s.empty() ? "'" : ", '") + w + "'";
     return s;
-  }() + " (top-level keys: " + (keys.empty() ? "none" : keys) + ")");
+  }() + " (top-level keys: " + (keys.empty() ? "none" : list(keys)) + ")");
 }
 
 // Whether the tensors hold a ViT's patch embedding (possibly under further prefixes).

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
@@ -158,4 +159,47 @@ TEST(Cli, DistillAndDumpStep) {
   EXPECT_EQ(r.code, 1);
   EXPECT_TRUE(contains(r.out, "bad.yaml") && contains(r.out, "layers")) << r.out;
   EXPECT_FALSE(fs::exists(dir + "/run2"));
+}
+
+// Published torch.save files ({"model": OrderedDict, "epoch": 3}, as MAE and DeiT publish them;
+// written here by Python's torch) are read by every command that reads a model, and give what
+// the same weights in safetensors give.
+TEST(Cli, PthCheckpointsInFeaturesExportKnnAndDistill) {
+  if (std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") != 0) GTEST_SKIP() << "no python3-torch";
+  auto dir = scratch("cli", "PthCheckpoints");
+  const std::string arch = " --arch vit_mini_patch4_28";
+  ASSERT_EQ(run("init" + arch + " --num-classes 0 --seed 4 -o " + dir + "/m.safetensors").code, 0);
+  const std::string py = "OMP_NUM_THREADS=1 /usr/bin/python3 " + std::string(HD_SOURCE_DIR) +
+                         "/tests/interop/reference.py save --weights " + dir + "/m.safetensors --out " + dir +
+                         "/m.pth --ordered --wrap model >" + dir + "/py.log 2>&1";
+  ASSERT_EQ(std::system(py.c_str()), 0) << slurp(dir + "/py.log");
+
+  torch::manual_seed(0);
+  io::save_safetensors(dir + "/x.safetensors", {{"images", torch::randn({2, 1, 28, 28})}});
+  for (const char* f : {"m.safetensors", "m.pth"}) {
+    auto r = run("features -c " + dir + "/" + f + arch + " -i " + dir + "/x.safetensors -o " + dir + "/" + f +
+                 ".out.safetensors --layers -1 -t 1");
+    ASSERT_EQ(r.code, 0) << r.out;
+  }
+  EXPECT_TRUE(torch::equal(io::SafeTensorsFile::open(dir + "/m.pth.out.safetensors").load("features"),
+                           io::SafeTensorsFile::open(dir + "/m.safetensors.out.safetensors").load("features")));
+
+  auto r = run("export -c " + dir + "/m.pth" + arch + " -o " + dir + "/hub");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(fs::exists(dir + "/hub/model.safetensors"));
+
+  if (!fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")) GTEST_SKIP() << "no Fashion-MNIST";
+  r = run("knn -c " + dir + "/m.pth" + arch + " --train-limit 200 --test-limit 50 -q -t 1 -o " + dir + "/knn");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(fs::exists(dir + "/knn/result.json"));
+  {
+    std::ofstream y(dir + "/r.yaml");
+    y << "name: pth\nstudent: {arch: vit_mini_patch4_28}\nteachers:\n"
+         "  - name: sup\n    checkpoint: m.pth\n    arch: vit_mini_patch4_28\n"
+         "    targets: [{kind: features, norm: layernorm}]\n"
+         "data: {augment: false, workers: 1}\ntrain: {batch: 8, log_every: 1}\n";
+  }
+  r = run("distill -r " + dir + "/r.yaml -o " + dir + "/run --max-steps 2 -t 1");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(fs::exists(dir + "/run/student.safetensors"));
 }

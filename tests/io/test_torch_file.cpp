@@ -298,6 +298,8 @@ TEST(TorchFilePickle, MaliciousPicklesGiveHdErrors) {
       {"expanded_past_storage", dict_of(tensor(F, "0", 4, 0, {int64_t{1} << 40}, {0})), four,
        "a view of 1099511627776 elements of a storage of 4"},
       {"sizes_strides_mismatch", dict_of(tensor(F, "0", 4, 0, {2, 2}, {1})), four, "2 sizes but 1 strides"},
+      {"name_too_long", dict_of(tensor(F, "0", 4, 0, {4}, {1}), std::string(5000, 'k')), four,
+       "a tensor name of 5000 characters"},
       {"numel_past_entry", dict_of(tensor(F, "0", 1000, 0, {1000}, {1})), four, "1000 elements of 4 bytes claimed"},
       {"negative_numel", dict_of(tensor(F, "0", -4, 0, {1}, {1})), four, "storage size"},
       {"missing_storage", dict_of(tensor(F, "7", 4, 0, {4}, {1})), four, "archive/data/7: no such entry"},
