@@ -79,201 +79,235 @@ class Unpickler {
       op_at_ = at_;
       const uint8_t op = u8();
       op_ = op;
-      switch (op) {
-        case 0x80: {  // PROTO
-          const uint8_t v = u8();
-          if (v > 5) fail("pickle protocol " + std::to_string(v) + " is not supported (2 to 5 are)");
-          break;
-        }
-        case 0x95: {  // FRAME: a length hint, checked and otherwise ignored
-          const uint64_t len = le(8);
-          if (len > n_ - at_) fail("a frame claims " + std::to_string(len) + " bytes where " +
-                                   std::to_string(n_ - at_) + " remain");
-          break;
-        }
-        case '.': {  // STOP
-          if (stack_.size() != base() + 1 || !marks_.empty()) fail("the pickle does not end with exactly one value");
-          doc_.root_ = stack_.back();
-          doc_.consumed_ = at_;
-          return std::move(doc_);
-        }
-        case '(': marks_.push_back(stack_.size()); break;  // MARK
-        case '0':  // POP
-          if (stack_.size() > base()) stack_.pop_back();
-          else pop_mark();
-          break;
-        case '1': pop_mark(); break;  // POP_MARK
-        case '2': need(1); push(stack_.back()); break;  // DUP
-        case 'N': push(make(Kind::None)); break;
-        case 0x88: case 0x89: {  // NEWTRUE, NEWFALSE
-          Value* v = make(Kind::Bool);
-          v->b = op == 0x88;
-          push(v);
-          break;
-        }
-        case 'J': push_int(static_cast<int32_t>(static_cast<uint32_t>(le(4)))); break;  // BININT
-        case 'K': push_int(static_cast<int64_t>(le(1))); break;                         // BININT1
-        case 'M': push_int(static_cast<int64_t>(le(2))); break;                         // BININT2
-        case 0x8a: push_long(le(1)); break;                                             // LONG1
-        case 0x8b: {                                                                    // LONG4
-          const auto len = static_cast<int32_t>(static_cast<uint32_t>(le(4)));
-          if (len < 0) fail("LONG4 with a negative length");
-          push_long(static_cast<uint64_t>(len));
-          break;
-        }
-        case 'G': {  // BINFLOAT: big-endian IEEE 754 double
-          uint64_t bits = 0;
-          const char* b = take(8);
-          for (int k = 0; k < 8; ++k) bits = bits << 8 | static_cast<uint8_t>(b[k]);
-          Value* v = make(Kind::Float);
-          std::memcpy(&v->f, &bits, sizeof bits);
-          push(v);
-          break;
-        }
-        case 'X': push_text(Kind::Str, le(4)); break;     // BINUNICODE
-        case 0x8c: push_text(Kind::Str, le(1)); break;    // SHORT_BINUNICODE
-        case 0x8d: push_text(Kind::Str, le(8)); break;    // BINUNICODE8
-        case 'U': push_text(Kind::Str, le(1)); break;     // SHORT_BINSTRING (Python 2 str)
-        case 'T': {                                       // BINSTRING
-          const auto len = static_cast<int32_t>(static_cast<uint32_t>(le(4)));
-          if (len < 0) fail("BINSTRING with a negative length");
-          push_text(Kind::Str, static_cast<uint64_t>(len));
-          break;
-        }
-        case 'C': push_text(Kind::Bytes, le(1)); break;   // SHORT_BINBYTES
-        case 'B': push_text(Kind::Bytes, le(4)); break;   // BINBYTES
-        case 0x8e: push_text(Kind::Bytes, le(8)); break;  // BINBYTES8
-        case 0x96: push_text(Kind::Bytes, le(8)); break;  // BYTEARRAY8
-        case ')': push(make(Kind::Tuple)); break;         // EMPTY_TUPLE
-        case 't': {                                       // TUPLE
-          Value* v = make(Kind::Tuple);
-          v->items = pop_mark();
-          push(v);
-          break;
-        }
-        case 0x85: case 0x86: case 0x87: {  // TUPLE1, TUPLE2, TUPLE3
-          const size_t k = op - 0x84u;
-          need(k);
-          Value* v = make(Kind::Tuple);
-          v->items.assign(stack_.end() - static_cast<std::ptrdiff_t>(k), stack_.end());
-          stack_.resize(stack_.size() - k);
-          push(v);
-          break;
-        }
-        case ']': push(make(Kind::List)); break;  // EMPTY_LIST
-        case 'l': {                               // LIST
-          Value* v = make(Kind::List);
-          v->items = pop_mark();
-          push(v);
-          break;
-        }
-        case 'a': {  // APPEND
-          need(2);
-          Value* x = pop();
-          append(stack_.back(), {x});
-          break;
-        }
-        case 'e': {  // APPENDS
-          auto xs = pop_mark();
-          need(1);
-          append(stack_.back(), std::move(xs));
-          break;
-        }
-        case '}': push(make(Kind::Dict)); break;  // EMPTY_DICT
-        case 'd': {                               // DICT
-          auto kv = pop_mark();
-          Value* v = make(Kind::Dict);
-          set_items(v, kv);
-          push(v);
-          break;
-        }
-        case 's': {  // SETITEM
-          need(3);
-          Value* val = pop();
-          Value* key = pop();
-          set_items(stack_.back(), {key, val});
-          break;
-        }
-        case 'u': {  // SETITEMS
-          auto kv = pop_mark();
-          need(1);
-          set_items(stack_.back(), kv);
-          break;
-        }
-        case 0x8f: push(make(Kind::Set)); break;  // EMPTY_SET
-        case 0x90: {                              // ADDITEMS
-          auto xs = pop_mark();
-          need(1);
-          if (stack_.back()->kind != Kind::Set) fail("ADDITEMS to a " + stack_.back()->type_name());
-          auto& items = stack_.back()->items;
-          items.insert(items.end(), xs.begin(), xs.end());
-          break;
-        }
-        case 0x91: {  // FROZENSET
-          Value* v = make(Kind::Set);
-          v->items = pop_mark();
-          push(v);
-          break;
-        }
-        case 'c': {  // GLOBAL "module\nname\n"
-          std::string module = line();
-          std::string name = line();
-          push_global(module, name);
-          break;
-        }
-        case 0x93: {  // STACK_GLOBAL
-          need(2);
-          Value* name = pop();
-          Value* module = pop();
-          if (module->kind != Kind::Str || name->kind != Kind::Str) fail("STACK_GLOBAL needs two strings");
-          push_global(module->s, name->s);
-          break;
-        }
-        case 'R': {  // REDUCE
-          need(2);
-          Value* args = pop();
-          Value* callable = pop();
-          push(call(callable, args));
-          break;
-        }
-        case 0x81: {  // NEWOBJ
-          need(2);
-          Value* args = pop();
-          Value* cls = pop();
-          push(call(cls, args));
-          break;
-        }
-        case 0x92: {  // NEWOBJ_EX
-          need(3);
-          pop();  // keyword arguments: only ever recorded, never used
-          Value* args = pop();
-          Value* cls = pop();
-          push(call(cls, args));
-          break;
-        }
-        case 'b': {  // BUILD
-          need(2);
-          Value* st = pop();
-          Value* obj = stack_.back();
-          // Objects keep their state (TorchScript modules: their attributes); a state dict's
-          // OrderedDict keeps its `_metadata`; anything else has no use for it.
-          if (obj->kind == Kind::Object || obj->kind == Kind::Dict) obj->state = st;
-          break;
-        }
-        case 'Q': {  // BINPERSID
-          need(1);
-          push(persistent(pop()));
-          break;
-        }
-        case 'h': get(le(1)); break;     // BINGET
-        case 'j': get(le(4)); break;     // LONG_BINGET
-        case 'q': put(le(1)); break;     // BINPUT
-        case 'r': put(le(4)); break;     // LONG_BINPUT
-        case 0x94: put(memo_.size()); break;  // MEMOIZE
-        default:
-          fail("unsupported pickle opcode");
+      if (op == '.') {  // STOP
+        if (stack_.size() != base() + 1 || !marks_.empty()) fail("the pickle does not end with exactly one value");
+        doc_.root_ = stack_.back();
+        doc_.consumed_ = at_;
+        return std::move(doc_);
       }
+      if (!control_op(op) && !scalar_op(op) && !container_op(op) && !object_op(op)) fail("unsupported pickle opcode");
     }
+  }
+
+  // Protocol, frames, marks and the stack (PROTO, FRAME, MARK, POP, POP_MARK, DUP); false when
+  // `op` is not one of them.
+  bool control_op(uint8_t op) {
+    switch (op) {
+      case 0x80: {  // PROTO
+        const uint8_t v = u8();
+        if (v > 5) fail("pickle protocol " + std::to_string(v) + " is not supported (2 to 5 are)");
+        break;
+      }
+      case 0x95: {  // FRAME: a length hint, checked and otherwise ignored
+        const uint64_t len = le(8);
+        if (len > n_ - at_) fail("a frame claims " + std::to_string(len) + " bytes where " +
+                                 std::to_string(n_ - at_) + " remain");
+        break;
+      }
+      case '(': marks_.push_back(stack_.size()); break;  // MARK
+      case '0':  // POP
+        if (stack_.size() > base()) stack_.pop_back();
+        else pop_mark();
+        break;
+      case '1': pop_mark(); break;  // POP_MARK
+      case '2': need(1); push(stack_.back()); break;  // DUP
+      default:
+        return false;
+    }
+    return true;
+  }
+
+  // None, bools, ints, floats, strings and bytes; false when `op` is not one of them.
+  bool scalar_op(uint8_t op) {
+    switch (op) {
+      case 'N': push(make(Kind::None)); break;
+      case 0x88: case 0x89: {  // NEWTRUE, NEWFALSE
+        Value* v = make(Kind::Bool);
+        v->b = op == 0x88;
+        push(v);
+        break;
+      }
+      case 'J': push_int(static_cast<int32_t>(static_cast<uint32_t>(le(4)))); break;  // BININT
+      case 'K': push_int(static_cast<int64_t>(le(1))); break;                         // BININT1
+      case 'M': push_int(static_cast<int64_t>(le(2))); break;                         // BININT2
+      case 0x8a: push_long(le(1)); break;                                             // LONG1
+      case 0x8b: {                                                                    // LONG4
+        const auto len = static_cast<int32_t>(static_cast<uint32_t>(le(4)));
+        if (len < 0) fail("LONG4 with a negative length");
+        push_long(static_cast<uint64_t>(len));
+        break;
+      }
+      case 'G': {  // BINFLOAT: big-endian IEEE 754 double
+        uint64_t bits = 0;
+        const char* b = take(8);
+        for (int k = 0; k < 8; ++k) bits = bits << 8 | static_cast<uint8_t>(b[k]);
+        Value* v = make(Kind::Float);
+        std::memcpy(&v->f, &bits, sizeof bits);
+        push(v);
+        break;
+      }
+      case 'X': push_text(Kind::Str, le(4)); break;     // BINUNICODE
+      case 0x8c: push_text(Kind::Str, le(1)); break;    // SHORT_BINUNICODE
+      case 0x8d: push_text(Kind::Str, le(8)); break;    // BINUNICODE8
+      case 'U': push_text(Kind::Str, le(1)); break;     // SHORT_BINSTRING (Python 2 str)
+      case 'T': {                                       // BINSTRING
+        const auto len = static_cast<int32_t>(static_cast<uint32_t>(le(4)));
+        if (len < 0) fail("BINSTRING with a negative length");
+        push_text(Kind::Str, static_cast<uint64_t>(len));
+        break;
+      }
+      case 'C': push_text(Kind::Bytes, le(1)); break;   // SHORT_BINBYTES
+      case 'B': push_text(Kind::Bytes, le(4)); break;   // BINBYTES
+      case 0x8e: push_text(Kind::Bytes, le(8)); break;  // BINBYTES8
+      case 0x96: push_text(Kind::Bytes, le(8)); break;  // BYTEARRAY8
+      default:
+        return false;
+    }
+    return true;
+  }
+
+  // Tuples, lists, dicts and sets, and what fills them; false when `op` is not one of them.
+  bool container_op(uint8_t op) {
+    switch (op) {
+      case ')': push(make(Kind::Tuple)); break;         // EMPTY_TUPLE
+      case 't': {                                       // TUPLE
+        Value* v = make(Kind::Tuple);
+        v->items = pop_mark();
+        push(v);
+        break;
+      }
+      case 0x85: case 0x86: case 0x87: {  // TUPLE1, TUPLE2, TUPLE3
+        const size_t k = op - 0x84u;
+        need(k);
+        Value* v = make(Kind::Tuple);
+        v->items.assign(stack_.end() - static_cast<std::ptrdiff_t>(k), stack_.end());
+        stack_.resize(stack_.size() - k);
+        push(v);
+        break;
+      }
+      case ']': push(make(Kind::List)); break;  // EMPTY_LIST
+      case 'l': {                               // LIST
+        Value* v = make(Kind::List);
+        v->items = pop_mark();
+        push(v);
+        break;
+      }
+      case 'a': {  // APPEND
+        need(2);
+        Value* x = pop();
+        append(stack_.back(), {x});
+        break;
+      }
+      case 'e': {  // APPENDS
+        auto xs = pop_mark();
+        need(1);
+        append(stack_.back(), std::move(xs));
+        break;
+      }
+      case '}': push(make(Kind::Dict)); break;  // EMPTY_DICT
+      case 'd': {                               // DICT
+        auto kv = pop_mark();
+        Value* v = make(Kind::Dict);
+        set_items(v, kv);
+        push(v);
+        break;
+      }
+      case 's': {  // SETITEM
+        need(3);
+        Value* val = pop();
+        Value* key = pop();
+        set_items(stack_.back(), {key, val});
+        break;
+      }
+      case 'u': {  // SETITEMS
+        auto kv = pop_mark();
+        need(1);
+        set_items(stack_.back(), kv);
+        break;
+      }
+      case 0x8f: push(make(Kind::Set)); break;  // EMPTY_SET
+      case 0x90: {                              // ADDITEMS
+        auto xs = pop_mark();
+        need(1);
+        if (stack_.back()->kind != Kind::Set) fail("ADDITEMS to a " + stack_.back()->type_name());
+        auto& items = stack_.back()->items;
+        items.insert(items.end(), xs.begin(), xs.end());
+        break;
+      }
+      case 0x91: {  // FROZENSET
+        Value* v = make(Kind::Set);
+        v->items = pop_mark();
+        push(v);
+        break;
+      }
+      default:
+        return false;
+    }
+    return true;
+  }
+
+  // Globals, calls (recorded, never run), BUILD, persistent ids and the memo; false when `op` is not one of them.
+  bool object_op(uint8_t op) {
+    switch (op) {
+      case 'c': {  // GLOBAL "module\nname\n"
+        std::string module = line();
+        std::string name = line();
+        push_global(module, name);
+        break;
+      }
+      case 0x93: {  // STACK_GLOBAL
+        need(2);
+        Value* name = pop();
+        Value* module = pop();
+        if (module->kind != Kind::Str || name->kind != Kind::Str) fail("STACK_GLOBAL needs two strings");
+        push_global(module->s, name->s);
+        break;
+      }
+      case 'R': {  // REDUCE
+        need(2);
+        Value* args = pop();
+        Value* callable = pop();
+        push(call(callable, args));
+        break;
+      }
+      case 0x81: {  // NEWOBJ
+        need(2);
+        Value* args = pop();
+        Value* cls = pop();
+        push(call(cls, args));
+        break;
+      }
+      case 0x92: {  // NEWOBJ_EX
+        need(3);
+        pop();  // keyword arguments: only ever recorded, never used
+        Value* args = pop();
+        Value* cls = pop();
+        push(call(cls, args));
+        break;
+      }
+      case 'b': {  // BUILD
+        need(2);
+        Value* st = pop();
+        Value* obj = stack_.back();
+        // Objects keep their state (TorchScript modules: their attributes); a state dict's
+        // OrderedDict keeps its `_metadata`; anything else has no use for it.
+        if (obj->kind == Kind::Object || obj->kind == Kind::Dict) obj->state = st;
+        break;
+      }
+      case 'Q': {  // BINPERSID
+        need(1);
+        push(persistent(pop()));
+        break;
+      }
+      case 'h': get(le(1)); break;     // BINGET
+      case 'j': get(le(4)); break;     // LONG_BINGET
+      case 'q': put(le(1)); break;     // BINPUT
+      case 'r': put(le(4)); break;     // LONG_BINPUT
+      case 0x94: put(memo_.size()); break;  // MEMOIZE
+      default:
+        return false;
+    }
+    return true;
   }
 
  private:
