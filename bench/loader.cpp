@@ -108,29 +108,25 @@ int main(int argc, char** argv) {
       std::printf("(Fashion-MNIST not installed: skipped)\n");
     }
 
-    auto folder = open_image_folder(make_jpeg_folder(jpeg_images));
-    for (bool train : {true, false}) {
-      for (int workers : {1, 2}) {
-        LoaderConfig cfg;
-        cfg.batch_size = 32;
-        cfg.num_workers = workers;
-        cfg.drop_last = false;
-        cfg.transform.train = train;
-        cfg.transform.size = 224;
-        row("jpeg-folder 224x224", 224, train ? "train" : "eval", 32, workers, run(folder, cfg, 1 << 30));
-      }
-    }
-    const std::string spec = write_shards(*folder, "/tmp/hd_bench_loader_wds_" + std::to_string(jpeg_images), "train", 100);
-    auto shards = open_webdataset(spec, "train");
-    for (int workers : {1, 2}) {
+    // The 224x224 JPEG rows: batch 32, every image, train or eval transform.
+    auto jpeg_config = [](int workers, bool train) {
       LoaderConfig cfg;
       cfg.batch_size = 32;
       cfg.num_workers = workers;
       cfg.drop_last = false;
-      cfg.transform.train = true;
+      cfg.transform.train = train;
       cfg.transform.size = 224;
-      row("jpeg-shards 224x224", 224, "train", 32, workers, run(shards, cfg, 1 << 30));
-    }
+      return cfg;
+    };
+    auto folder = open_image_folder(make_jpeg_folder(jpeg_images));
+    for (bool train : {true, false})
+      for (int workers : {1, 2})
+        row("jpeg-folder 224x224", 224, train ? "train" : "eval", 32, workers,
+            run(folder, jpeg_config(workers, train), 1 << 30));
+    const std::string spec = write_shards(*folder, "/tmp/hd_bench_loader_wds_" + std::to_string(jpeg_images), "train", 100);
+    auto shards = open_webdataset(spec, "train");
+    for (int workers : {1, 2})
+      row("jpeg-shards 224x224", 224, "train", 32, workers, run(shards, jpeg_config(workers, true), 1 << 30));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_loader: %s\n", e.what());
     return 1;
