@@ -184,6 +184,9 @@ const std::map<std::string, std::function<ViTConfig()>>& registry() {
       // The same at ViT-B's depth (12 blocks): the paper's recipes run at small scale with their
       // layer indices unchanged (scripts/reproduce.sh).
       {"vit_mini12_patch7_28", [] { return small_image(vit("vit_mini12_patch7_28", 28, 7, 128, 12, 4, 10)); }},
+      // 7x7 grid of 4x4 patches at ViT-B's depth: the small-scale study's student and teachers
+      // (room for local vs global attention; the paper's layer indices unchanged).
+      {"vit_mini12_patch4_28", [] { return small_image(vit("vit_mini12_patch4_28", 28, 4, 128, 12, 4, 10)); }},
       {"vit_small_patch4_28", [] { return small_image(vit("vit_small_patch4_28", 28, 4, 384, 12, 6, 10)); }},
       // Teacher families, with the details of the published checkpoints.
       {"vit_base_patch16_224.mae",
