@@ -98,6 +98,25 @@ torch::Tensor query_map(const torch::Tensor& attn, int64_t prefix, int64_t query
   return a.select(2, query).mean(1).reshape({a.size(0), grid_h, grid_w});
 }
 
+UniformReference uniform_reference(int64_t grid_h, int64_t grid_w, double patch_size) {
+  if (grid_h < 1 || grid_w < 1) throw Error("uniform_reference: empty grid");
+  const int64_t P = grid_h * grid_w;
+  auto uniform = torch::full({1, 1, P, P}, 1.0 / static_cast<double>(P), torch::dtype(torch::kDouble));
+  UniformReference r;
+  r.grid_h = grid_h;
+  r.grid_w = grid_w;
+  r.patch_size = patch_size;
+  r.head_distance = head_distance(uniform, grid_h, grid_w, patch_size).item<double>();
+  r.nmi = nmi(uniform).item<double>();
+  return r;
+}
+
+std::optional<UniformReference> uniform_reference(const ModelInfo& m) {
+  if (m.img_size <= 0 || m.patch_size <= 0 || m.img_size % m.patch_size != 0) return std::nullopt;
+  const int64_t g = m.img_size / m.patch_size;
+  return uniform_reference(g, g, static_cast<double>(m.patch_size));
+}
+
 std::vector<double> Diagnostics::head_distance_mean() const {
   std::vector<double> out;
   for (const auto& row : head_distance) out.push_back(mean_of(row));
@@ -194,6 +213,12 @@ nlohmann::json to_json(const Diagnostics& d, const ModelInfo& m) {
   j["head_distance_mean"] = d.head_distance_mean();
   j["nmi"] = d.nmi;
   j["nmi_mean"] = d.nmi_mean();
+  if (auto u = uniform_reference(m))
+    j["uniform"] = {{"head_distance", u->head_distance},
+                    {"nmi", u->nmi},
+                    {"grid", {u->grid_h, u->grid_w}},
+                    {"patch_size", u->patch_size},
+                    {"meaning", "uniform attention over the patch grid"}};
   return j;
 }
 

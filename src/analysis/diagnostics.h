@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -52,6 +53,18 @@ torch::Tensor nmi(const torch::Tensor& attn);
 // over heads, from raw attention [B,H,T,T] with `prefix` leading tokens (stripped, rows
 // renormalised as above) -> [B, grid_h, grid_w] float64; each map sums to 1.
 torch::Tensor query_map(const torch::Tensor& attn, int64_t prefix, int64_t query, int64_t grid_h, int64_t grid_w);
+
+// What uniform attention (every query spreads its attention evenly over all patches) gives on a
+// grid_h x grid_w grid of patch_size-px patches, computed with head_distance() and nmi() above:
+// the mean pairwise cell distance in pixels, and an NMI of exactly 0. A model near these values
+// attends almost uniformly; the reference is shown next to every figure and table.
+struct UniformReference {
+  int64_t grid_h = 0, grid_w = 0;
+  double patch_size = 0;
+  double head_distance = 0;  // pixels
+  double nmi = 0;
+};
+UniformReference uniform_reference(int64_t grid_h, int64_t grid_w, double patch_size);
 
 // Per-layer, per-head results averaged over images.
 struct Diagnostics {
@@ -98,8 +111,13 @@ struct ModelInfo {
   int64_t embed_dim = 0, depth = 0, num_heads = 0, patch_size = 0, img_size = 0, prefix_tokens = 1;
 };
 
+// The uniform-attention reference of a model's square patch grid (img_size / patch_size cells per
+// side); nullopt when the sizes are unknown (0) or the image is not a whole number of patches.
+std::optional<UniformReference> uniform_reference(const ModelInfo& model);
+
 // The diagnostics.json document: head_distance / nmi [layer][head], head_distance_mean /
-// nmi_mean [layer], layers, images, cls, averaging, units and model identity.
+// nmi_mean [layer], layers, images, cls, averaging, units, model identity and, where the grid is
+// known, "uniform" (the uniform-attention reference: head_distance, nmi, grid, patch_size).
 nlohmann::json to_json(const Diagnostics& d, const ModelInfo& model);
 
 // Reads a diagnostics.json document back (as `compare` does); `origin` names the file in errors.

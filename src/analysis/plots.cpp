@@ -146,6 +146,26 @@ void jet(double t, int& r, int& g, int& b) {
   b = ch(1.5 - std::fabs(4 * t - 1));
 }
 
+// Dashed grey lines at the uniform-attention value of each distinct grid among the series.
+std::string uniform_lines(const std::vector<Series>& series, bool distance) {
+  std::vector<std::pair<double, std::string>> lines;
+  for (const auto& s : series) {
+    if (!s.uniform) continue;
+    const auto& u = *s.uniform;
+    double v = distance ? u.head_distance : u.nmi;
+    std::string grid = std::to_string(u.grid_h) + "x" + std::to_string(u.grid_w) + " grid";
+    std::string title = "uniform attention, " + grid + ": " + (distance ? fixed(v, 2) + " px" : fixed(v, 2));
+    bool seen = false;
+    for (const auto& l : lines) seen = seen || l.second == title;
+    if (!seen) lines.emplace_back(v, title);
+  }
+  std::ostringstream b;
+  b.precision(9);
+  for (const auto& [v, title] : lines)
+    b << ", \\\n     " << v << " with lines dt 3 lw 1.5 lc rgb '#707070' title " << gp_quote(title);
+  return b.str();
+}
+
 }  // namespace
 
 void check_gnuplot() {
@@ -193,7 +213,7 @@ Figure plot_head_distance(const std::vector<Series>& series, const std::string& 
     b << "'' index " << 2 * i + 1 << " using 1:3 with lines lw 2 dt " << (single ? 1 : 2) << " lc rgb '" << c << "' "
       << (single ? "title 'layer mean'" : "notitle");
   }
-  b << "\n";
+  b << uniform_lines(series, true) << "\n";
   render(out_dir, fig.name, per_head_data(series, true), two_terminals(fig.name, 900, 520, b.str()));
   return fig;
 }
@@ -219,7 +239,7 @@ Figure plot_nmi(const std::vector<Series>& series, const std::string& out_dir, c
     b << "'' index " << 2 * i + 1 << " using 1:3 with linespoints pt 7 ps 1.1 lw 2 lc rgb '" << c << "' title "
       << gp_quote(single ? "layer mean" : series[i].label);
   }
-  b << "\n";
+  b << uniform_lines(series, false) << "\n";
   std::string script = two_terminals(fig.name, 900, 520, b.str());
   render(out_dir, fig.name, per_head_data(series, false), script);
   return fig;

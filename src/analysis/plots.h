@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -34,6 +35,7 @@ struct Figure {
 struct Series {
   std::string label;
   Diagnostics diagnostics;
+  std::optional<UniformReference> uniform;  // drawn as a dashed grey reference line
 };
 
 // Average head distance per head against the layer (one point per head, the layer mean as a

@@ -67,6 +67,13 @@ std::vector<std::vector<std::string>> model_rows(const ModelInfo& m) {
           {"image / patch size", std::to_string(m.img_size) + " / " + std::to_string(m.patch_size) + " px"}};
 }
 
+std::string uniform_sentence(const UniformReference& u) {
+  return "Reference: uniform attention over this " + std::to_string(u.grid_h) + "x" + std::to_string(u.grid_w) +
+         " grid of " + fixed(u.patch_size, 0) + "-px patches gives a head distance of " + fixed(u.head_distance, 2) +
+         " px and an NMI of " + fixed(u.nmi, 4) +
+         " (dashed grey lines in the figures). A layer near both attends almost uniformly.";
+}
+
 const char* const kMethod =
     "Per image and head, over patch tokens only (the CLS row and column are dropped and each row is "
     "renormalised to sum to 1): head distance = sum_k attn(q,k) * dist(q,k) averaged over queries, dist being the "
@@ -94,7 +101,7 @@ std::vector<Figure> write_analysis_report(const std::string& out_dir, const Diag
   std::vector<Figure> figs;
   const std::string label = model.config_name.empty() ? std::string("model") : model.config_name;
   if (plots) {
-    std::vector<Series> s{{label, d}};
+    std::vector<Series> s{{label, d, uniform_reference(model)}};
     figs.push_back(plot_head_distance(s, out_dir, label + ": average attention distance (" +
                                                       std::to_string(d.images) + " images)"));
     figs.push_back(plot_nmi(s, out_dir, label + ": NMI between query and key (" + std::to_string(d.images) + " images)"));
@@ -105,6 +112,7 @@ std::vector<Figure> write_analysis_report(const std::string& out_dir, const Diag
   r.table({"model", ""}, model_rows(model));
   r.paragraph("Data: " + data.source + ", " + std::to_string(d.images) + " images.");
   r.paragraph(kMethod);
+  if (auto u = uniform_reference(model)) r.paragraph(uniform_sentence(*u));
   r.table({"layer", "head distance mean (px)", "min head", "max head", "NMI mean", "min head", "max head"},
           means_rows(d), "Per-layer means over heads");
   for (const auto& f : figs) r.figure(f, out_dir);
@@ -141,7 +149,7 @@ Run read_run(const std::string& dir_or_file, const std::string& label) {
 std::vector<Figure> write_compare_report(const std::string& out_dir, const std::vector<Run>& runs) {
   if (runs.empty()) throw Error("compare: no runs given");
   std::vector<Series> series;
-  for (const auto& r : runs) series.push_back({r.label, r.diagnostics});
+  for (const auto& r : runs) series.push_back({r.label, r.diagnostics, uniform_reference(r.model)});
   std::vector<Figure> figs;
   figs.push_back(plot_head_distance(series, out_dir, "Average attention distance per head"));
   figs.push_back(plot_nmi(series, out_dir, "NMI between query and key"));
@@ -158,6 +166,9 @@ std::vector<Figure> write_compare_report(const std::string& out_dir, const std::
                           {"layers", r.diagnostics.layers},
                           {"head_distance_mean", r.diagnostics.head_distance_mean()},
                           {"nmi_mean", r.diagnostics.nmi_mean()}});
+  for (size_t i = 0; i < runs.size(); ++i)
+    if (auto u = series[i].uniform)
+      cj["runs"][i]["uniform"] = {{"head_distance", u->head_distance}, {"nmi", u->nmi}, {"grid", {u->grid_h, u->grid_w}}};
   write_json((fs::path(out_dir) / "comparison.json").string(), cj);
 
   Report rep("Attention diagnostics compared");
@@ -167,6 +178,12 @@ std::vector<Figure> write_compare_report(const std::string& out_dir, const std::
                     r.path});
   rep.table({"label", "config", "checkpoint", "data", "images", "diagnostics"}, rows, "Runs");
   rep.paragraph(kMethod);
+  // The uniform-attention reference of every distinct grid among the runs.
+  std::vector<std::string> refs;
+  for (const auto& s : series)
+    if (s.uniform && std::find(refs.begin(), refs.end(), uniform_sentence(*s.uniform)) == refs.end())
+      refs.push_back(uniform_sentence(*s.uniform));
+  for (const auto& t : refs) rep.paragraph(t);
   // Per-layer means side by side: one row per layer present in any run.
   std::vector<int64_t> layers;
   for (const auto& r : runs) layers.insert(layers.end(), r.diagnostics.layers.begin(), r.diagnostics.layers.end());
@@ -192,6 +209,13 @@ std::vector<Figure> write_compare_report(const std::string& out_dir, const std::
     dist_rows.push_back(a);
     nmi_rows.push_back(b);
   }
+  std::vector<std::string> ua{"uniform attention"}, ub{"uniform attention"};
+  for (const auto& s : series) {
+    ua.push_back(s.uniform ? fixed(s.uniform->head_distance, 2) : "");
+    ub.push_back(s.uniform ? fixed(s.uniform->nmi, 4) : "");
+  }
+  dist_rows.push_back(ua);
+  nmi_rows.push_back(ub);
   rep.table(header, dist_rows, "Head distance, layer mean over heads (pixels)");
   rep.table(header, nmi_rows, "NMI, layer mean over heads");
   for (const auto& f : figs) rep.figure(f, out_dir);

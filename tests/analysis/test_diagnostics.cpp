@@ -227,6 +227,37 @@ TEST(Diagnostics, JsonLayoutPerHeadAndMeans) {
   EXPECT_THROW(from_json(broken, "b.json"), Error);
 }
 
+TEST(Diagnostics, UniformReferenceIsMeanPairwiseDistanceAndZeroNmi) {
+  // 2x2 grid of 1-px cells: from any cell, distances 0, 1, 1 and sqrt(2).
+  auto u = uniform_reference(2, 2, 1.0);
+  EXPECT_NEAR(u.head_distance, (2.0 + std::sqrt(2.0)) / 4.0, 1e-12);
+  EXPECT_NEAR(u.nmi, 0.0, 1e-12);
+  // The old 4x4 grid of 7-px patches (14.06 px) and the 7x7 grid of 4-px patches (mean pairwise
+  // distance computed independently: 14.4379 px).
+  EXPECT_NEAR(uniform_reference(4, 4, 7.0).head_distance, 14.0561, 1e-4);
+  EXPECT_NEAR(uniform_reference(7, 7, 4.0).head_distance, 14.4379, 1e-4);
+  // From a model's identity; none when the image is not a whole number of patches.
+  ModelInfo m{"m.safetensors", "vit_mini12_patch4_28", 128, 12, 4, 4, 28, 1};
+  auto mu = uniform_reference(m);
+  ASSERT_TRUE(mu.has_value());
+  EXPECT_EQ(mu->grid_h, 7);
+  EXPECT_NEAR(mu->head_distance, 14.4379, 1e-4);
+  m.img_size = 30;
+  EXPECT_FALSE(uniform_reference(m).has_value());
+  m.img_size = 0;
+  EXPECT_FALSE(uniform_reference(m).has_value());
+  // Written to diagnostics.json.
+  Diagnostics d;
+  d.layers = {0};
+  d.head_distance = {{1.0}};
+  d.nmi = {{0.5}};
+  d.images = 1;
+  auto j = to_json(d, ModelInfo{"m", "x", 8, 1, 1, 7, 28, 1});
+  ASSERT_TRUE(j.contains("uniform"));
+  EXPECT_NEAR(j["uniform"]["head_distance"].get<double>(), 14.0561, 1e-4);
+  EXPECT_EQ(j["uniform"]["grid"], (std::vector<int64_t>{4, 4}));
+}
+
 TEST(Diagnostics, QueryMapsAndQueryParsing) {
   // A head that attends from every query to the cell to its right (edge: left), plus CLS.
   const int64_t gh = 2, gw = 3, P = 6;

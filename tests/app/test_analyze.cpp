@@ -114,10 +114,16 @@ TEST(Analyze, FashionMnistReportAndJson) {
   EXPECT_EQ(j["attention_maps"]["layers"], (std::vector<int64_t>{0, 5}));
   EXPECT_EQ(j["attention_maps"]["queries"].size(), 3u);
   EXPECT_EQ(j["attention_maps"]["queries"][2], (std::vector<int64_t>{1, 3}));
+  // The uniform-attention reference of the 7x7 grid of 4-px patches, in the JSON, the report and
+  // the figure scripts.
+  EXPECT_NEAR(j["uniform"]["head_distance"].get<double>(), 14.4379, 1e-4);
+  EXPECT_NEAR(j["uniform"]["nmi"].get<double>(), 0.0, 1e-12);
 
   auto html = slurp(out + "/report.html");
   EXPECT_TRUE(contains(html, "<table")) << "per-layer means table";
   EXPECT_TRUE(contains(html, "vit_mini_patch4_28"));
+  EXPECT_TRUE(contains(html, "uniform attention over this 7x7 grid")) << "uniform reference sentence";
+  EXPECT_TRUE(contains(slurp(out + "/gnuplot/head_distance.gp"), "uniform attention, 7x7 grid: 14.44 px"));
   for (const char* name : {"head_distance", "nmi", "attention_maps_0", "attention_maps_1"}) {
     SCOPED_TRACE(name);
     auto png = out + "/" + name + ".png";
@@ -156,6 +162,9 @@ TEST(Analyze, FashionMnistReportAndJson) {
   ASSERT_EQ(cj["runs"].size(), 2u);
   EXPECT_EQ(cj["runs"][1]["label"], "noise");
   EXPECT_EQ(cj["runs"][0]["head_distance_mean"].size(), 6u);
+  EXPECT_NEAR(cj["runs"][0]["uniform"]["head_distance"].get<double>(), 14.4379, 1e-4);
+  EXPECT_TRUE(contains(chtml, "<td>uniform attention</td>")) << "reference row in the per-layer tables";
+  EXPECT_TRUE(contains(slurp(cmp + "/gnuplot/nmi.gp"), "uniform attention, 7x7 grid: 0.00"));
   r = run("compare " + out + " " + out2 + " -o " + dir + "/cmp2");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_TRUE(contains(slurp(dir + "/cmp2/report.html"), ">a<")) << "folder names as default labels";
