@@ -1,156 +1,313 @@
 #!/usr/bin/env python3
-"""Tables of scripts/reproduce.sh's runs: mean ± std over seeds of k-NN, linear-probe and
-fine-tuning top-1 per row, grouped as the paper's ablation tables, next to the paper's COCO
-AP^box for the same row (ViT-B, DeiT + MAE teachers). Rows are named after their recipe,
-configs/paper/<name>.yaml. Writes OUT/results.md and
-OUT/results.json; with a RESULTS.md path, replaces the text between its
-<!-- results:begin --> and <!-- results:end --> markers.
+"""The small-scale study's tables and verdicts, built from the committed run records alone
+(docs/results/<row>/seed<K>.json and docs/results/teachers/<name>.json, written by
+scripts/study_record.py). Per row: mean ± sample std over seeds of the dense task (mIoU and
+per-token accuracy of a linear probe on frozen patch tokens of 2x2 mosaics), k-NN, linear probe
+and, where run, fine-tuning; the paper's COCO AP^box of the same row. Per claim of the paper:
+the difference of means with a 95% Welch interval, Welch's t-test p-value and a verdict.
 
-usage: results_table.py OUT SEEDS STEPS FT_STEPS ROWS_TEXT [RESULTS.md]
+usage: results_table.py [--results DIR] [--doc RESULTS.md] [--rows]
+  --results DIR  record folder (default: docs/results next to this script's repository)
+  --doc FILE     replace the text between FILE's <!-- results:begin --> and
+                 <!-- results:end --> markers with the tables (else print them)
+  --rows         print the study's rows in run order (name|label), for scripts/reproduce.sh
 """
+import argparse
+import glob
 import json
 import math
 import os
 import statistics
 import sys
 
-# Paper, Tables 3/5/7/8/12(a) (Mask R-CNN on COCO, AP^box), DeiT + MAE teachers, by recipe
-# (configs/paper/<name>.yaml, whose header quotes the same number).
-PAPER = {
-    "table3_tc": 47.5, "table3_tm": 48.9, "table3_tc_tc_rel": 46.8, "table3_tm_tm_rel": 48.9, "table3_tc_tm_rel": 50.0,
-    "table5_naive": 47.7, "table5_block": 49.6, "table5_msa": 49.8, "table5_relation": 50.0,
-    "table7_layers_1-11": 48.8, "table7_layers_1-2-3": 47.4, "table7_layers_5-6-7": 48.3,
-    "table7_layers_9-10-11": 49.8, "table7_layers_10-11": 50.0, "table7_layers_11": 49.2,
-    "table8_none": 50.0, "table8_random": 49.2, "table8_direct": 49.6,
-    "table8_progressive_50": 48.4, "table8_progressive_70": 49.9, "table8_progressive_90": 49.9,
-    "table12a_alpha_0.0": 47.5, "table12a_alpha_0.1": 48.2, "table12a_alpha_0.3": 49.3, "table12a_alpha_0.5": 49.3,
-    "table12a_alpha_0.7": 49.5, "table12a_alpha_1.0": 50.0,
-}
-HYBRID = "table3_tc_tm_rel"  # the no-masking hybrid: also Table 5 R, Table 7 {10,11}, Table 8 none, Table 12 alpha 1
-# (title, [(run name, label override or None, the paper row it stands for)]): a run that stands for
-# another table's identical recipe is shown with that row's label and paper number.
-GROUPS = [
+from scipy import stats as sstats
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+HYBRID = "table3_tc_tm_rel"   # the no-masking hybrid: Table 5 R, Table 7 {10,11}, Table 8 none, Table 12 α = 1
+MASKED = "table8_progressive_70"  # the hybrid with progressive 70%³ masking: Table 13's 100-epoch masked row
+
+# The study's rows in run order (most telling first, so a partial study has whole claims):
+# (recipe name under configs/paper/, label, paper AP^box of that row, fine-tuned?).
+ROWS = [
+    (HYBRID, "Tc + T'm (the hybrid, no masking)", 50.0, True),
+    ("table3_tc", "Tc (DeiT features only)", 47.5, True),
+    ("table3_tm", "Tm (MAE features only)", 48.9, True),
+    (MASKED, "the hybrid, progressive 70%³ masking", 49.9, True),
+    ("table3_tc_tc_rel", "Tc + T'c (both from DeiT)", 46.8, False),
+    ("table3_tm_tm_rel", "Tm + T'm (both from MAE)", 48.9, False),
+    ("table5_naive", "naive: both teachers' features at the last layer", 47.7, False),
+    ("table5_block", "T'm = block outputs", 49.6, False),
+    ("table5_msa", "T'm = attention (MSA) outputs", 49.8, False),
+    ("table7_layers_1-2-3", "T'm at {1, 2, 3}", 47.4, False),
+    ("table7_layers_5-6-7", "T'm at {5, 6, 7}", 48.3, False),
+    ("table7_layers_9-10-11", "T'm at {9, 10, 11}", 49.8, False),
+    ("table7_layers_11", "T'm at {11}", 49.2, False),
+    ("table7_layers_1-11", "T'm at 1-11", 48.8, False),
+    ("table8_random", "random, 35% kept", 49.2, False),
+    ("table8_direct", "direct, 35% kept (one step at block 11)", 49.6, False),
+    ("table8_progressive_50", "progressive 50%³", 48.4, False),
+    ("table8_progressive_90", "progressive 90%³", 49.9, False),
+    ("table12a_alpha_0.1", "α = 0.1", 48.2, False),
+    ("table12a_alpha_0.3", "α = 0.3", 49.3, False),
+    ("table12a_alpha_0.5", "α = 0.5", 49.3, False),
+    ("table12a_alpha_0.7", "α = 0.7", 49.5, False),
+    ("table13_deit_nomask_300ep", "300 epochs, no masking", 50.0, False),
+    ("table13_deit_mask_300ep", "300 epochs, progressive 70%³", 50.3, False),
+]
+ROW = {r[0]: r for r in ROWS}
+
+# (title, [(run, label or None, paper AP^box or None)]): a run standing for another table's
+# identical recipe is shown with that row's label and number.
+TABLES = [
+    ("As Table 1: the hybrid against single-teacher distillation (with fine-tuning)",
+     [("table3_tc", "distilled from DeiT alone (Tc)", None), ("table3_tm", "distilled from MAE alone (Tm)", None),
+      (HYBRID, None, None), (MASKED, None, None)]),
     ("Table 3: teacher combinations (no masking)",
-     [("table3_tc", None, "table3_tc"), ("table3_tm", None, "table3_tm"), ("table3_tc_tc_rel", None, "table3_tc_tc_rel"),
-      ("table3_tm_tm_rel", None, "table3_tm_tm_rel"), (HYBRID, None, "table3_tc_tm_rel")]),
+     [("table3_tc", None, None), ("table3_tm", None, None), ("table3_tc_tc_rel", None, None),
+      ("table3_tm_tm_rel", None, None), (HYBRID, None, None)]),
     ("Table 5: what T'm distils, with Tc's features (no masking)",
-     [("table5_naive", None, "table5_naive"), ("table5_block", None, "table5_block"), ("table5_msa", None, "table5_msa"),
-      (HYBRID, "R: relations Q·Kᵀ (the hybrid)", "table5_relation")]),
-    ("Table 7: where T'm is distilled (1-based layers of 12; no masking)",
-     [("table7_layers_1-11", None, "table7_layers_1-11"), ("table7_layers_1-2-3", None, "table7_layers_1-2-3"),
-      ("table7_layers_5-6-7", None, "table7_layers_5-6-7"), ("table7_layers_9-10-11", None, "table7_layers_9-10-11"),
-      (HYBRID, "{10, 11} (the hybrid)", "table7_layers_10-11"), ("table7_layers_11", None, "table7_layers_11")]),
-    ("Table 8: token masking (4x4 grid: 16 patches)",
-     [(HYBRID, "none, 100% (16 of 16)", "table8_none"), ("table8_random", None, "table8_random"),
-      ("table8_direct", None, "table8_direct"), ("table8_progressive_50", None, "table8_progressive_50"),
-      ("table8_progressive_70", None, "table8_progressive_70"), ("table8_progressive_90", None, "table8_progressive_90")]),
+     [("table5_naive", None, None), ("table5_block", None, None), ("table5_msa", None, None),
+      (HYBRID, "T'm = relations Q·Kᵀ (the hybrid)", 50.0)]),
+    ("Table 7: where T'm is distilled (1-based blocks of 12; no masking)",
+     [("table7_layers_1-2-3", None, None), ("table7_layers_5-6-7", None, None), ("table7_layers_9-10-11", None, None),
+      (HYBRID, "T'm at {10, 11} (the hybrid)", 50.0), ("table7_layers_11", None, None),
+      ("table7_layers_1-11", None, None)]),
+    ("Table 8: token masking",
+     [(HYBRID, "none, 100% kept", 50.0), ("table8_random", None, None), ("table8_direct", None, None),
+      ("table8_progressive_50", None, None), (MASKED, "progressive 70%³ (the hybrid's default)", 49.9),
+      ("table8_progressive_90", None, None)]),
     ("Table 12(a): α, the weight of T'm (no masking)",
-     [("table3_tc", "α = 0 (Tc only)", "table12a_alpha_0.0"), ("table12a_alpha_0.1", None, "table12a_alpha_0.1"),
-      ("table12a_alpha_0.3", None, "table12a_alpha_0.3"), ("table12a_alpha_0.5", None, "table12a_alpha_0.5"),
-      ("table12a_alpha_0.7", None, "table12a_alpha_0.7"), (HYBRID, "α = 1.0 (the hybrid)", "table12a_alpha_1.0")]),
+     [("table3_tc", "α = 0 (Tc only)", 47.5), ("table12a_alpha_0.1", None, None), ("table12a_alpha_0.3", None, None),
+      ("table12a_alpha_0.5", None, None), ("table12a_alpha_0.7", None, None), (HYBRID, "α = 1.0 (the hybrid)", 50.0)]),
+    ("Table 13: a 3× longer schedule, with and without masking",
+     [(HYBRID, "1× schedule, no masking", 50.0), (MASKED, "1× schedule, progressive 70%³", 49.9),
+      ("table13_deit_nomask_300ep", "3× schedule, no masking", None),
+      ("table13_deit_mask_300ep", "3× schedule, progressive 70%³", None)]),
 ]
 
+# The paper's claims as comparisons: (claim, a, relation, b, metrics). relation ">" means the paper
+# finds a better than b; "≈" that a costs at most EQUIV points against b.
+EQUIV = 1.0
+CLAIMS = [
+    ("T3: the hybrid beats DeiT features alone", HYBRID, ">", "table3_tc"),
+    ("T3: the hybrid beats MAE features alone", HYBRID, ">", "table3_tm"),
+    ("T3: the hybrid beats DeiT features + DeiT relations", HYBRID, ">", "table3_tc_tc_rel"),
+    ("T3: the hybrid beats MAE features + MAE relations", HYBRID, ">", "table3_tm_tm_rel"),
+    ("T3: MAE features alone beat DeiT features alone (dense task)", "table3_tm", ">", "table3_tc"),
+    ("T5: relations beat block outputs as T'm", HYBRID, ">", "table5_block"),
+    ("T5: relations beat MSA outputs as T'm", HYBRID, ">", "table5_msa"),
+    ("T5: the hybrid beats the naive two-feature combination", HYBRID, ">", "table5_naive"),
+    ("T7: T'm at {10, 11} beats {1, 2, 3}", HYBRID, ">", "table7_layers_1-2-3"),
+    ("T7: T'm at {10, 11} beats {5, 6, 7}", HYBRID, ">", "table7_layers_5-6-7"),
+    ("T7: T'm at {10, 11} beats 1-11", HYBRID, ">", "table7_layers_1-11"),
+    ("T7: T'm at {10, 11} beats {11}", HYBRID, ">", "table7_layers_11"),
+    ("T8: progressive 70%³ costs at most 1 point against no masking", MASKED, "≈", HYBRID),
+    ("T8: progressive 70%³ beats random masking", MASKED, ">", "table8_random"),
+    ("T8: progressive 70%³ beats direct masking", MASKED, ">", "table8_direct"),
+    ("T8: progressive 70%³ beats progressive 50%³", MASKED, ">", "table8_progressive_50"),
+    ("T12: α = 1 beats α = 0 (Tc only)", HYBRID, ">", "table3_tc"),
+    ("T12: α = 1 beats α = 0.1", HYBRID, ">", "table12a_alpha_0.1"),
+    ("T12: α = 1 beats α = 0.5", HYBRID, ">", "table12a_alpha_0.5"),
+    ("T13: a 3× schedule beats 1× (no masking)", "table13_deit_nomask_300ep", ">", HYBRID),
+    ("T13: with a 3× schedule, masking costs at most 1 point", "table13_deit_mask_300ep", "≈",
+     "table13_deit_nomask_300ep"),
+]
+METRICS = [("dense_miou", "dense mIoU"), ("dense_acc", "dense token acc."), ("knn", "k-NN"), ("probe", "linear probe"),
+           ("finetune", "fine-tune")]
+CLAIM_METRICS = ("dense_miou", "knn", "probe")
 
-def top1(path):
-    try:
-        with open(path) as f:
-            return 100.0 * json.load(f)["top1"]
-    except (OSError, KeyError, ValueError):
+
+def load(results):
+    runs, teachers = {}, {}
+    for path in sorted(glob.glob(os.path.join(results, "*", "*.json"))):
+        try:
+            with open(path) as f:
+                rec = json.load(f)
+        except (OSError, ValueError) as e:
+            sys.exit(f"results_table: {path}: unreadable record ({e})")
+        if os.path.basename(os.path.dirname(path)) == "teachers":
+            teachers[os.path.splitext(os.path.basename(path))[0]] = rec
+        elif rec.get("format") == "hybrid-distill.study-run/1":
+            runs.setdefault(rec["row"], []).append(rec)
+        else:
+            sys.exit(f"results_table: {path}: not a study record (format {rec.get('format')!r})")
+    return runs, teachers
+
+
+def values(recs, metric):
+    return [r["metrics"][metric] for r in recs if metric in r.get("metrics", {})]
+
+
+def mean_sd(v):
+    if not v:
         return None
-
-
-def distill_seconds(run_dir):
-    """Training wall-clock of a distillation run: the last step's time in metrics.jsonl (the
-    trainer's clock; for a resumed run, the part after the last resume)."""
-    try:
-        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-            lines = [l for l in f if l.strip()]
-        return json.loads(lines[-1])["time"] if lines else None
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def stats(vals):
-    vals = [v for v in vals if v is not None]
-    if not vals:
-        return None
-    m = sum(vals) / len(vals)
-    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-    return m, sd, len(vals)
+    return statistics.mean(v), (statistics.stdev(v) if len(v) > 1 else 0.0), len(v)
 
 
 def fmt(s, seeds):
     if s is None:
         return "–"
     m, sd, n = s
-    return f"{m:.2f} ± {sd:.2f}" + ("" if n == seeds else f" (n={n})")
+    return f"{m:.2f} ± {sd:.2f}" + ("" if n >= seeds else f" (n={n})")
+
+
+def welch(a, b):
+    """Mean difference a - b, its 95% Welch interval and the two-sided p-value; None with < 2 each."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    d = statistics.mean(a) - statistics.mean(b)
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return d, d, d, (0.0 if d else 1.0)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    t = sstats.t.ppf(0.975, df)
+    p = 2 * sstats.t.sf(abs(d) / se, df)
+    return d, d - t * se, d + t * se, p
+
+
+def verdict(rel, w):
+    if w is None:
+        return "too few seeds"
+    d, lo, hi, p = w
+    if rel == ">":
+        if p < 0.05:
+            return "holds" if d > 0 else "reversed"
+        return "not resolved"
+    # "≈": a costs at most EQUIV points: the whole interval above -EQUIV.
+    if lo > -EQUIV:
+        return "holds"
+    if hi < -EQUIV:
+        return "fails"
+    return "not resolved"
+
+
+def setting_text(runs):
+    recs = [r for rs in runs.values() for r in rs]
+    if not recs:
+        return "No run has finished yet."
+    s = recs[0].get("setting", {})
+    cpus = sorted({r.get("cpu", "?") for r in recs})
+    prec = sorted({str(r.get("precision", "?")) for r in recs})
+    secs = [r["distill"]["seconds"] for r in recs if r.get("distill", {}).get("seconds")]
+    parts = [f"{len(recs)} runs of {len(runs)} rows"]
+    if s:
+        parts.append("setting: " + ", ".join(f"{k} {v}" for k, v in sorted(s.items())))
+    parts.append("precision " + "/".join(prec))
+    parts.append("CPU " + "; ".join(cpus))
+    if secs:
+        parts.append(f"distillation wall-clock {sum(secs) / 60:.0f} min in all (median {statistics.median(secs):.0f} s "
+                     "per run)")
+    return "; ".join(parts) + "."
+
+
+def tables(runs, teachers, seeds):
+    out = [setting_text(runs), ""]
+    if teachers:
+        out += ["**Teachers**", "", "| Teacher | dense mIoU | dense token acc. | k-NN | linear probe |", "|---|---|---|---|---|"]
+        for name, label in (("mae", "MAE (pretrain-mae)"), ("sup", "supervised, DeiT-style (train)")):
+            t = teachers.get(name)
+            if t:
+                m = t.get("metrics", {})
+                f1 = lambda k: f"{m[k]:.2f}" if k in m else "–"
+                out.append(f"| {label} | {f1('dense_miou')} | {f1('dense_acc')} | {f1('knn')} | {f1('probe')} |")
+        out.append("")
+    for title, rows in TABLES:
+        present = [r for r in rows if r[0] in runs]
+        if not present:
+            continue
+        ft = any(values(runs[r[0]], "finetune") for r in present)
+        cols = [m for m in METRICS if m[0] != "finetune" or ft]
+        out += [f"**{title}**", "",
+                "| Row | " + " | ".join(c[1] for c in cols) + " | s/run | paper AP^box |",
+                "|---|" + "---|" * (len(cols) + 2)]
+        for run, label, paper in present:
+            recs = runs[run]
+            secs = [r["distill"]["seconds"] for r in recs if r.get("distill", {}).get("seconds")]
+            cells = [fmt(mean_sd(values(recs, m)), seeds) for m, _ in cols]
+            paper = paper if paper is not None else ROW[run][2]
+            sec = f"{statistics.median(secs):.0f}" if secs else "–"
+            out.append(f"| {label or ROW[run][1]} | " + " | ".join(cells) + f" | {sec} | "
+                       f"{paper if paper is not None else '–'} |")
+        out.append("")
+    out += ["**The paper's claims, tested**", "",
+            "Difference of means (row A − row B) in points with its 95% Welch interval, and Welch's two-sided "
+            f"t-test p-value, per metric. Verdict on the dense task: *holds* (p < 0.05 in the paper's direction; "
+            f"for \"≈\": the interval lies above −{EQUIV:g}), *reversed* (p < 0.05 the other way), *not resolved*.", "",
+            "| Claim | " + " | ".join(dict(METRICS)[m] + ": A − B, p" for m in CLAIM_METRICS) + " | verdict (dense) |",
+            "|---|" + "---|" * (len(CLAIM_METRICS) + 1)]
+    for claim, a, rel, b in CLAIMS:
+        if a not in runs or b not in runs:
+            out.append(f"| {claim} | " + " | ".join("–" for _ in CLAIM_METRICS) + " | not run yet |")
+            continue
+        cells, dense_w = [], None
+        for m in CLAIM_METRICS:
+            w = welch(values(runs[a], m), values(runs[b], m))
+            if m == "dense_miou":
+                dense_w = w
+            cells.append("–" if w is None else f"{w[0]:+.2f} [{w[1]:+.2f}, {w[2]:+.2f}], p = {w[3]:.3f}")
+        out.append(f"| {claim} | " + " | ".join(cells) + f" | {verdict(rel, dense_w)} |")
+    out.append("")
+    diag = [(label, rec["diagnostics"]) for label, rec in diagnostics_sources(runs, teachers)]
+    if diag:
+        out += diagnostics_tables(diag)
+    return "\n".join(out)
+
+
+def diagnostics_sources(runs, teachers):
+    src = []
+    for name, label in (("mae", "MAE teacher"), ("sup", "supervised teacher")):
+        if name in teachers and "diagnostics" in teachers[name]:
+            src.append((label, teachers[name]))
+    for run, label in (("table3_tc", "student, Tc only"), ("table3_tm", "student, Tm only"), (HYBRID, "hybrid student"),
+                       (MASKED, "hybrid student, masked")):
+        rec = next((r for r in sorted(runs.get(run, []), key=lambda r: r["seed"]) if "diagnostics" in r), None)
+        if rec:
+            src.append((label + f" (seed {rec['seed']})", rec))
+    return src
+
+
+def diagnostics_tables(diag):
+    out = []
+    uni = next((d["uniform"] for _, d in diag if "uniform" in d), None)
+    layers = diag[0][1]["layers"]
+    for key, title, digits in (("head_distance_mean", "Average attention distance (pixels), layer mean over heads", 2),
+                               ("nmi_mean", "NMI between query and key, layer mean over heads", 3)):
+        head = "| Block | " + " | ".join(l for l, _ in diag) + (" | uniform attention |" if uni else " |")
+        out += [f"**{title}**", "", head, "|---|" + "---|" * (len(diag) + (1 if uni else 0))]
+        for i, layer in enumerate(layers):
+            cells = [f"{d[key][i]:.{digits}f}" if i < len(d.get(key, [])) else "–" for _, d in diag]
+            ref = f" | {uni['head_distance' if key == 'head_distance_mean' else 'nmi']:.{digits}f}" if uni else ""
+            out.append(f"| {layer} | " + " | ".join(cells) + ref + " |")
+        out.append("")
+    return out
 
 
 def main():
-    out, seeds, steps, ft_steps, rows_text = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-    doc = sys.argv[6] if len(sys.argv) > 6 else None
-    labels = {}
-    for line in rows_text.splitlines():
-        if line.strip():
-            name, _table, label, *_ = line.split("|")
-            labels[name] = label
-    res = {}
-    for name in labels:
-        per = {"knn": [], "probe": [], "finetune": [], "seconds": []}
-        for seed in range(seeds):
-            d = os.path.join(out, name, f"seed{seed}")
-            if not os.path.exists(os.path.join(d, "distill", ".done")):
-                continue
-            per["knn"].append(top1(os.path.join(d, "knn", "result.json")))
-            per["probe"].append(top1(os.path.join(d, "probe", "result.json")))
-            per["finetune"].append(top1(os.path.join(d, "finetune", "result.json")))
-            per["seconds"].append(distill_seconds(os.path.join(d, "distill")))
-        res[name] = {k: stats(v) for k, v in per.items()}
-        res[name]["values"] = per
-    teachers = {t: {"knn": top1(os.path.join(out, t, "knn", "result.json")),
-                    "probe": top1(os.path.join(out, t, "probe", "result.json"))}
-                for t in ("teacher_mae", "teacher_sup")}
-
-    lines = [f"Fashion-MNIST test top-1 (%), mean ± std over {seeds} seeds (n = seeds finished, where fewer); "
-             f"{steps} distillation steps (× epochs/100 of the recipe) and {ft_steps} fine-tuning steps of batch 128 "
-             "per run; student and teachers vit_mini12_patch7_28; the paper's recipes (configs/paper/) under "
-             "scripts/reproduce.sh's uniform small-scale overrides. Paper: COCO AP^box, ViT-B/16, DeiT + MAE "
-             "teachers.", ""]
-    t = teachers
-    f1 = lambda v: "–" if v is None else f"{v:.2f}"
-    lines += ["| Teacher | k-NN | linear probe |", "|---|---|---|",
-              f"| MAE (pretrain-mae) | {f1(t['teacher_mae']['knn'])} | {f1(t['teacher_mae']['probe'])} |",
-              f"| supervised (train) | {f1(t['teacher_sup']['knn'])} | {f1(t['teacher_sup']['probe'])} |", ""]
-    for title, rows in GROUPS:
-        lines += [f"**{title}**", "",
-                  "| Row | k-NN | linear probe | fine-tune | distill s/run (median) | paper AP^box |",
-                  "|---|---|---|---|---|---|"]
-        for n, label, paper_row in rows:
-            r = res.get(n)
-            if r is None:
-                continue
-            secs = [v for v in r["values"]["seconds"] if v is not None]
-            sec_txt = f"{statistics.median(secs):.0f}" if secs else "–"
-            lines.append(f"| {label or labels[n]} | {fmt(r['knn'], seeds)} | {fmt(r['probe'], seeds)} | "
-                         f"{fmt(r['finetune'], seeds)} | {sec_txt} | {PAPER.get(paper_row, '–')} |")
-        lines.append("")
-    text = "\n".join(lines)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(text + "\n")
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"rows": res, "teachers": teachers, "seeds": seeds, "steps": steps, "ft_steps": ft_steps}, f,
-                  indent=1)
-    print(text)
-    if doc:
-        with open(doc) as f:
-            d = f.read()
-        b, e = "<!-- results:begin -->", "<!-- results:end -->"
-        if b not in d or e not in d:
-            sys.exit(f"{doc}: no {b} ... {e} markers")
-        d = d[:d.index(b) + len(b)] + "\n" + text + "\n" + d[d.index(e):]
-        with open(doc, "w") as f:
-            f.write(d)
-        print(f"updated {doc}")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--results", default=os.path.join(ROOT, "docs", "results"))
+    ap.add_argument("--doc")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds a complete row has")
+    ap.add_argument("--rows", action="store_true")
+    a = ap.parse_args()
+    if a.rows:
+        for name, label, _paper, ft in ROWS:
+            print(f"{name}|{label}|{'finetune' if ft else ''}")
+        return
+    runs, teachers = load(a.results)
+    text = tables(runs, teachers, a.seeds)
+    if not a.doc:
+        print(text)
+        return
+    with open(a.doc) as f:
+        d = f.read()
+    b, e = "<!-- results:begin -->", "<!-- results:end -->"
+    if b not in d or e not in d:
+        sys.exit(f"{a.doc}: no {b} ... {e} markers")
+    d = d[:d.index(b) + len(b)] + "\n" + text + "\n" + d[d.index(e):]
+    with open(a.doc, "w") as f:
+        f.write(d)
+    print(f"updated {a.doc} from {sum(len(v) for v in runs.values())} run records")
 
 
 if __name__ == "__main__":

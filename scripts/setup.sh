@@ -16,6 +16,7 @@ PACKAGES=(
   dataset-fashion-mnist                      # the embedded default data set
   gnuplot-nox                                # figures of `analyze` / `compare` (pngcairo, svg)
   python3 python3-torch python3-torchvision  # independent reference for parity tests/benchmarks
+  python3-scipy                              # significance tests of the study tables (scripts/results_table.py)
 )
 
 missing=()

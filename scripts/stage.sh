@@ -1,21 +1,4 @@
 # Sourced by pipeline.sh and reproduce.sh: cached, resumable stages.
-#
-# The embedded default's teachers on 2 cores (about 7 minutes): short schedules, so the
-# supervised teacher trains with light regularisation (no crop, no drop path) and the highest
-# stable learning rate. Shared by pipeline.sh and reproduce.sh, whose teacher stages are then
-# the same cached runs.
-TEACHER_ARCH=vit_mini_patch7_28
-QUICK_MAE_OPTS=(-e 1 --lr 1.5e-3 --warmup-epochs 0.1)
-QUICK_SUP_OPTS=(-e 2 --max-steps 700 --lr 3e-3 --warmup-epochs 0.1 --scale-min 1 --drop-path 0)
-
-# train_teachers: the MIM teacher (pretrain-mae with MAE_OPTS) and the supervised teacher (train
-# with SUP_OPTS) as stages; sets MAE and SUP to their model files. Needs BIN and COMMON.
-train_teachers() {
-  stage teacher_mae 1 "$BIN" pretrain-mae -a "$TEACHER_ARCH" -b 128 "${MAE_OPTS[@]}" --checkpoint-every 200 "${COMMON[@]}"
-  MAE=$STAGE_DIR/model.safetensors
-  stage teacher_sup 1 "$BIN" train -a "$TEACHER_ARCH" -b 128 "${SUP_OPTS[@]}" --checkpoint-every 200 "${COMMON[@]}"
-  SUP=$STAGE_DIR/model.safetensors
-}
 
 # stage NAME RESUMABLE COMMAND...: runs COMMAND --out DIR in DIR=$OUT/NAME-<key> unless DIR holds a
 # finished run of it (a .done marker); $OUT/NAME links to DIR. With RESUMABLE=1 an interrupted run

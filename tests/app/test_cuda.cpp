@@ -62,7 +62,7 @@ std::string teachers(const std::string& dir) {
   EXPECT_EQ(run("train" + mini + "--eval-split '' -o " + dir + "/sup").code, 0);
   return " -r " + std::string(HD_SOURCE_DIR) + "/configs/fmnist_hybrid.yaml --set teachers.mim.checkpoint=" + dir +
          "/mae/model.safetensors --set teachers.sup.checkpoint=" + dir +
-         "/sup/model.safetensors --set train.batch=16 --set data.workers=1 --set optim.warmup_epochs=0 -t 2 -q ";
+         "/sup/model.safetensors --set student.arch=vit_mini_patch7_28 --set teachers.mim.targets.0.layers=[3,4] --set train.batch=16 --set data.workers=1 --set optim.warmup_epochs=0 -t 2 -q ";
 }
 
 }  // namespace
@@ -88,7 +88,8 @@ TEST(Cuda, TrainingCommandsMatchTheCpu) {
   }
   const std::string recipe = " -r " + std::string(HD_SOURCE_DIR) + "/configs/fmnist_hybrid.yaml --set teachers.mim.checkpoint=" +
                              dir + "/mae_cpu_fp32/model.safetensors --set teachers.sup.checkpoint=" + dir +
-                             "/sup_cpu_fp32/model.safetensors --set train.batch=16 --set data.workers=1 "
+                             "/sup_cpu_fp32/model.safetensors --set student.arch=vit_mini_patch7_28 "
+                             "--set teachers.mim.targets.0.layers=[3,4] --set train.batch=16 --set data.workers=1 "
                              "--set optim.warmup_epochs=0 --max-steps 3 -t 2 -q ";
   for (const auto& r : runs) {
     const std::string tag = r.device + "_" + r.precision;

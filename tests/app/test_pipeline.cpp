@@ -50,11 +50,12 @@ TEST(Pipeline, TeachersDistillAndEvaluate) {
   EXPECT_EQ(sup.at("images"), 1000);
   EXPECT_GT(sup.at("top1").get<double>(), 0.35) << sup.dump();
 
-  // Both load back as distillation teachers (names as in the shipped recipe).
+  // Both load back as distillation teachers (names as in the shipped recipe; the recipe's
+  // 12-block layer indices mapped onto these 6-block models).
   const std::string recipe = std::string(HD_SOURCE_DIR) + "/configs/fmnist_hybrid.yaml";
   r = run("distill -r " + recipe + " --set teachers.mim.checkpoint=" + dir + "/mae/model.safetensors" +
-          " --set teachers.sup.checkpoint=" + dir + "/sup/model.safetensors --set train.batch=32 --max-steps 4 -o " +
-          dir + "/hybrid" + t);
+          " --set teachers.sup.checkpoint=" + dir + "/sup/model.safetensors --set student.arch=vit_mini_patch7_28" +
+          " --set teachers.mim.targets.0.layers=[3,4] --set train.batch=32 --max-steps 4 -o " + dir + "/hybrid" + t);
   ASSERT_EQ(r.code, 0) << r.out;
   ASSERT_TRUE(fs::exists(dir + "/hybrid/student.safetensors"));
 

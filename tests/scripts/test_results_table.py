@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""scripts/results_table.py on a hand-made run tree: mean ± sample std over the finished seeds,
-"(n=K)" for a row with fewer seeds, the median distillation time, the paper's column, and the
-rewrite between the RESULTS.md markers (an error without them)."""
+"""scripts/results_table.py on a hand-made record tree (docs/results layout): mean ± sample std
+over seeds, "(n=K)" for a row with fewer seeds, the median wall-clock, the paper's column, a run
+standing for another table's identical row, Welch's test against hand-computed values, the
+verdicts, the diagnostics table with the uniform reference, and the rewrite between the
+RESULTS.md markers (an error without them, and for a malformed record)."""
 import json
 import os
 import subprocess
@@ -10,62 +12,105 @@ import tempfile
 import unittest
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts", "results_table.py")
-ROWS = ("table3_tc_tm_rel|3|Tc + T'm (hybrid)\ntable3_tc|3|Tc (supervised features only)\n"
-        "table8_progressive_70|8|progressive 70%³\n")
 
 
-def write(path, text):
+def write(path, obj):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
-        f.write(text)
+        f.write(obj if isinstance(obj, str) else json.dumps(obj))
 
 
-def run(name, seed, knn, probe, ft, seconds, out):
-    d = os.path.join(out, name, f"seed{seed}")
-    write(os.path.join(d, "distill", ".done"), "")
-    write(os.path.join(d, "distill", "metrics.jsonl"),
-          json.dumps({"step": 0, "time": 1.0}) + "\n" + json.dumps({"step": 9, "time": seconds}) + "\n")
-    for stage, v in (("knn", knn), ("probe", probe), ("finetune", ft)):
-        write(os.path.join(d, stage, "result.json"), json.dumps({"top1": v}))
+def record(res, row, seed, miou, knn, seconds, **extra):
+    rec = {"format": "hybrid-distill.study-run/1", "row": row, "seed": seed, "cpu": "Test CPU (avx512_bf16)",
+           "precision": "bf16", "setting": {"arch": "vit_mini12_patch4_28"},
+           "metrics": {"dense_miou": miou, "dense_acc": miou + 10, "knn": knn, "probe": 80.0},
+           "distill": {"seconds": seconds, "steps": 100}}
+    rec["metrics"].update(extra.pop("metrics", {}))
+    rec.update(extra)
+    write(os.path.join(res, row, f"seed{seed}.json"), rec)
+
+
+def run(*args):
+    return subprocess.run([sys.executable, SCRIPT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 class ResultsTable(unittest.TestCase):
-    def test_tables_and_docs(self):
-        with tempfile.TemporaryDirectory() as out:
-            # hybrid: 3 seeds; k-NN 70, 72, 74 -> 72.00 ± 2.00; times 90, 300, 100 -> median 100.
-            for seed, (k, s) in enumerate(((0.70, 90), (0.72, 300), (0.74, 100))):
-                run("table3_tc_tm_rel", seed, k, 0.80, 0.60 + seed / 100, s, out)
-            # tc: seed 1 never finished (no .done); two seeds, times 60 and 80 -> median 70.
-            run("table3_tc", 0, 0.75, 0.81, 0.70, 60, out)
-            run("table3_tc", 2, 0.77, 0.81, 0.72, 80, out)
-            write(os.path.join(out, "table3_tc", "seed1", "knn", "result.json"), json.dumps({"top1": 0.10}))
-            run("table8_progressive_70", 0, 0.70, 0.80, 0.60, 50, out)
-            doc = os.path.join(out, "RESULTS.md")
+    def test_tables_claims_and_docs(self):
+        with tempfile.TemporaryDirectory() as d:
+            res = os.path.join(d, "results")
+            # The hybrid: dense mIoU 4, 5, 6 (mean 5.00 ± 1.00); times 90, 300, 100 -> median 100.
+            diag = {"layers": [0, 1], "head_distance_mean": [5.0, 12.5], "nmi_mean": [0.4, 0.05], "images": 64,
+                    "uniform": {"head_distance": 14.4379, "nmi": 0.0, "grid": [7, 7]}}
+            for seed, (m, s) in enumerate(((4.0, 90), (5.0, 300), (6.0, 100))):
+                record(res, "table3_tc_tm_rel", seed, m, 70.0 + seed, s, metrics={"finetune": 90.0},
+                       **({"diagnostics": diag} if seed == 0 else {}))
+            # Tc: 1, 2, 3. Welch = Student here (equal n and variance): t = 3/sqrt(2/3) = 3.674, df = 4,
+            # two-sided p = 0.0213; the interval 3 ± 2.776 * 0.8165 = [0.73, 5.27].
+            for seed, m in enumerate((1.0, 2.0, 3.0)):
+                record(res, "table3_tc", seed, m, 75.0, 60)
+            # Masked hybrid: 2 seeds only; 4.5, 5.5 against the hybrid's 4, 5, 6 (≈ claim).
+            record(res, "table8_progressive_70", 0, 4.5, 70.0, 50)
+            record(res, "table8_progressive_70", 1, 5.5, 70.0, 50)
+            # Tm: one seed only -> too few seeds for a test.
+            record(res, "table3_tm", 0, 9.0, 60.0, 70)
+            write(os.path.join(res, "teachers", "mae.json"),
+                  {"metrics": {"dense_miou": 30.0, "knn": 75.0}, "diagnostics": dict(diag, head_distance_mean=[4.0, 6.0])})
+            doc = os.path.join(d, "RESULTS.md")
             write(doc, "head\n<!-- results:begin -->\nold\n<!-- results:end -->\ntail\n")
-            subprocess.run([sys.executable, SCRIPT, out, "3", "234", "234", ROWS, doc], check=True,
-                           stdout=subprocess.DEVNULL)
-            text = open(doc).read()
+            r = run("--results", res, "--doc", doc)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with open(doc) as f:
+                text = f.read()
             self.assertTrue(text.startswith("head\n<!-- results:begin -->\n"))
             self.assertTrue(text.endswith("<!-- results:end -->\ntail\n"))
-            self.assertNotIn("old", text)
-            self.assertIn("| Tc + T'm (hybrid) | 72.00 ± 2.00 | 80.00 ± 0.00 | 61.00 ± 1.00 | 100 | 50.0 |", text)
-            self.assertIn("| Tc (supervised features only) | 76.00 ± 1.41 (n=2) | 81.00 ± 0.00 (n=2) | "
-                          "71.00 ± 1.41 (n=2) | 70 | 47.5 |", text)
-            self.assertIn("| α = 0 (Tc only) | 76.00 ± 1.41 (n=2)", text)
-            # One run stands for identical recipes of other tables, with their label and paper number.
-            self.assertIn("| none, 100% (16 of 16) | 72.00 ± 2.00", text)
-            self.assertIn("| {10, 11} (the hybrid) | 72.00 ± 2.00", text)
-            # The paper's 70%^3 row is 49.9, not the no-masking 50.0.
-            self.assertIn("| progressive 70%³ | 70.00 ± 0.00 (n=1) | 80.00 ± 0.00 (n=1) | 60.00 ± 0.00 (n=1) | 50 | 49.9 |",
-                          text)
-            summary = json.load(open(os.path.join(out, "results.json")))
-            self.assertEqual(summary["rows"]["table3_tc_tm_rel"]["values"]["seconds"], [90, 300, 100])
+            self.assertNotIn("\nold\n", text)
+            # Table 3: mean ± std, fine-tune column only where a row ran it, median seconds, paper.
+            self.assertIn("| Tc + T'm (the hybrid, no masking) | 5.00 ± 1.00 | 15.00 ± 1.00 | 71.00 ± 1.00 | "
+                          "80.00 ± 0.00 | 90.00 ± 0.00 | 100 | 50.0 |", text)
+            self.assertIn("| Tc (DeiT features only) | 2.00 ± 1.00 | 12.00 ± 1.00 | 75.00 ± 0.00 | 80.00 ± 0.00 | – "
+                          "| 60 | 47.5 |", text)
+            self.assertIn("| Tm (MAE features only) | 9.00 ± 0.00 (n=1) |", text)
+            # One run standing for another table's row, with that row's label and number.
+            self.assertIn("| none, 100% kept | 5.00 ± 1.00 |", text)
+            self.assertIn("| α = 0 (Tc only) | 2.00 ± 1.00 |", text)
+            self.assertIn("| progressive 70%³ (the hybrid's default) | 5.00 ± 0.71 (n=2) |", text)
+            # Claims: Welch against the hand-computed values.
+            self.assertIn("| T3: the hybrid beats DeiT features alone | +3.00 [+0.73, +5.27], p = 0.021 |", text)
+            line = next(l for l in text.splitlines() if l.startswith("| T3: the hybrid beats DeiT features alone"))
+            self.assertTrue(line.endswith("| holds |"), line)
+            line = next(l for l in text.splitlines() if l.startswith("| T3: the hybrid beats MAE features alone"))
+            self.assertTrue(line.endswith("| too few seeds |"), line)
+            line = next(l for l in text.splitlines() if l.startswith("| T3: MAE features alone beat DeiT"))
+            self.assertTrue(line.endswith("| too few seeds |"), line)
+            line = next(l for l in text.splitlines() if l.startswith("| T8: progressive 70%³ costs at most"))
+            self.assertTrue(line.endswith("| not resolved |"), line)  # +0.00 with a wide interval
+            self.assertIn("| T5: relations beat block outputs as T'm | – | – | – | not run yet |", text)
+            # Diagnostics of teachers and students, with the uniform reference column.
+            self.assertIn("| Block | MAE teacher | hybrid student (seed 0) | uniform attention |", text)
+            self.assertIn("| 1 | 6.00 | 12.50 | 14.44 |", text)
+            self.assertIn("| 1 | 0.050 | 0.050 | 0.000 |", text)
+            self.assertIn("CPU Test CPU (avx512_bf16)", text)
+
+            # A reversed claim: the single-teacher row clearly better.
+            for seed, m in enumerate((11.0, 12.0, 13.0)):
+                record(res, "table3_tc", seed, m, 75.0, 60)
+            text = run("--results", res).stdout
+            line = next(l for l in text.splitlines() if l.startswith("| T3: the hybrid beats DeiT features alone"))
+            self.assertTrue(line.endswith("| reversed |"), line)
+
+            r = run("--rows")
+            self.assertEqual(r.returncode, 0)
+            self.assertTrue(r.stdout.startswith("table3_tc_tm_rel|"))
+            self.assertIn("table13_deit_mask_300ep|", r.stdout)
 
             write(doc, "no markers\n")
-            r = subprocess.run([sys.executable, SCRIPT, out, "3", "234", "234", ROWS, doc],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            r = run("--results", res, "--doc", doc)
             self.assertNotEqual(r.returncode, 0)
             self.assertIn("no <!-- results:begin -->", r.stderr)
+            write(os.path.join(res, "table3_tc", "seed9.json"), "{broken")
+            r = run("--results", res)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("seed9.json", r.stderr)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""One finished study run as a small JSON record (docs/results/<row>/seed<K>.json, or
+docs/results/teachers/<name>.json): the metrics of its evaluation stages, the distillation's
+wall-clock and loss, and the provenance (recipe and its hash, the overrides, the binary's build,
+the CPU, the precision). scripts/results_table.py builds docs/RESULTS.md from these files alone,
+so the study accumulates across machines as records are committed.
+
+usage: study_record.py DEST --row NAME --seed K [--recipe FILE] [--distill DIR] [--knn DIR]
+                       [--probe DIR] [--dense DIR] [--finetune DIR] [--analyze DIR]
+                       [--setting KEY=VALUE ...]
+A stage folder holds the command's result.json (distill: metrics.jsonl and recipe.yaml).
+The record is written atomically; a missing or unreadable stage is an error naming it.
+"""
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+
+FORMAT = "hybrid-distill.study-run/1"
+
+
+def load_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except OSError as e:
+        sys.exit(f"study_record: {path}: cannot read ({e.strerror})")
+    except ValueError as e:
+        sys.exit(f"study_record: {path}: not valid JSON ({e})")
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return platform.processor() or "unknown"
+    model = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name")), "unknown")
+    flags = next((l for l in text.splitlines() if l.startswith("flags")), "")
+    return model + (" (avx512_bf16)" if "avx512_bf16" in flags.split() else " (no native bf16)")
+
+
+def distill_summary(d):
+    """Wall-clock (the trainer's clock at the last step), steps, first and last loss."""
+    path = os.path.join(d, "metrics.jsonl")
+    try:
+        with open(path) as f:
+            lines = [json.loads(l) for l in f if l.strip()]
+    except (OSError, ValueError) as e:
+        sys.exit(f"study_record: {path}: unreadable ({e})")
+    steps = [l for l in lines if "step" in l and "loss" in l]
+    if not steps:
+        sys.exit(f"study_record: {path}: no training steps logged")
+    out = {"steps": steps[-1]["step"] + 1, "seconds": steps[-1].get("time"), "first_loss": steps[0]["loss"],
+           "last_loss": steps[-1]["loss"]}
+    # The last logged value of every loss term (e.g. mae.relation.mean, deit.features.last).
+    terms = {k: v for k, v in steps[-1].items() if k not in ("epoch", "step", "time", "lr", "loss")}
+    if terms:
+        out["last_terms"] = terms
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("dest")
+    ap.add_argument("--row", required=True)
+    ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("--recipe")
+    for s in ("distill", "knn", "probe", "dense", "finetune", "analyze"):
+        ap.add_argument(f"--{s}")
+    ap.add_argument("--setting", action="append", default=[], help="KEY=VALUE describing the study setting")
+    a = ap.parse_args()
+
+    rec = {"format": FORMAT, "row": a.row, "seed": a.seed, "metrics": {}, "cpu": cpu_model()}
+    setting = {}
+    for kv in a.setting:
+        k, sep, v = kv.partition("=")
+        if not sep:
+            sys.exit(f"study_record: --setting {kv!r}: expected KEY=VALUE")
+        setting[k] = v
+    rec["setting"] = setting
+    if a.recipe:
+        rec["recipe"] = os.path.relpath(a.recipe, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+        rec["recipe_sha256"] = sha256(a.recipe)
+    m = rec["metrics"]
+    build = None
+    if a.distill:
+        rec["distill"] = distill_summary(a.distill)
+    for stage, keys in (("knn", {"top1": "knn"}), ("probe", {"top1": "probe"}),
+                        ("dense", {"token_acc": "dense_acc", "miou": "dense_miou"}),
+                        ("finetune", {"top1": "finetune"})):
+        d = getattr(a, stage)
+        if not d:
+            continue
+        j = load_json(os.path.join(d, "result.json"))
+        for src, dst in keys.items():
+            if src not in j:
+                sys.exit(f"study_record: {d}/result.json: no '{src}' entry")
+            m[dst] = 100.0 * j[src]
+        if stage == "dense" and "iou" in j:
+            rec["dense_iou_per_class"] = j["iou"]
+        build = build or j.get("build")
+        rec.setdefault("precision", j.get("precision"))
+    if a.analyze:
+        j = load_json(os.path.join(a.analyze, "diagnostics.json"))
+        rec["diagnostics"] = {k: j[k] for k in ("layers", "head_distance_mean", "nmi_mean", "images") if k in j}
+        if "uniform" in j:
+            rec["diagnostics"]["uniform"] = {k: j["uniform"][k] for k in ("head_distance", "nmi", "grid")}
+    if build:
+        rec["build"] = build
+    if rec.get("precision") is None:
+        rec.pop("precision", None)
+
+    os.makedirs(os.path.dirname(os.path.abspath(a.dest)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(a.dest)), suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(rec, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, a.dest)
+
+
+if __name__ == "__main__":
+    main()
