@@ -6,7 +6,9 @@
 // exactly as the teacher gets it (dtype, shape, bytes), the autocast state, and the tap (kind and
 // layer). A teacher whose every tap for a batch is present is not run; otherwise it runs with its
 // full tap spec and the missing taps are written (atomically: processes may share the folder).
-// A damaged entry is reported once on stderr and rewritten. The folder's size is bounded.
+// A damaged entry is reported once on stderr and rewritten. The folder's size is bounded (each
+// process counts the folder as it found it plus its own writes). One object serves the teachers
+// of one distiller, in their order (HybridDistillerImpl::set_teacher_cache).
 #pragma once
 
 #include <cstdint>
