@@ -11,8 +11,10 @@
 #include "distill/hybrid.h"
 #include "distill/recipe.h"
 #include "distill/task.h"
+#include "distill/teacher_cache.h"
 #include "io/safetensors.h"
 #include "train/trainer.h"
+#include "util/atomic_file.h"
 #include "util/error.h"
 #include "util/format.h"
 
@@ -36,7 +38,8 @@ distill::HybridDistiller build_distiller(const distill::Recipe& r, const c10::De
 void add_distill(CLI::App& app) {
   auto* sub = app.add_subcommand("distill", "Train a student ViT from frozen teachers as a recipe describes");
   struct Opts {
-    std::string recipe, out;
+    std::string recipe, out, teacher_cache;
+    double teacher_cache_gb = 20;
     std::vector<std::string> set;
     bool resume = false, force = false, quiet = false, no_tensorboard = false, skip_bad = false;
     int64_t max_steps = -1, stop_after = 0;
@@ -54,6 +57,11 @@ void add_distill(CLI::App& app) {
   sub->add_option("--stop-after", o->stop_after, "save a checkpoint and stop after this step (continue with --resume)");
   sub->add_flag("--no-tensorboard", o->no_tensorboard, "no TensorBoard events file in the run folder");
   sub->add_flag("--skip-bad", o->skip_bad, "skip (and count) bad samples (unreadable images, bad shard members) instead of failing");
+  sub->add_option("--teacher-cache", o->teacher_cache,
+                  "folder of teacher outputs keyed by content, shared by runs with the same teachers and views "
+                  "(see data.seed): each teacher forward is computed once");
+  sub->add_option("--teacher-cache-gb", o->teacher_cache_gb, "bound on the --teacher-cache folder's size, GiB")
+      ->check(CLI::PositiveNumber);
   add_training_runtime_options(sub, o->rt);
   sub->callback([o] {
     auto device = apply_runtime(o->rt);
@@ -74,6 +82,17 @@ void add_distill(CLI::App& app) {
     setup_training(o->rt, tc, lc);
     auto d = build_distiller(r, device, tc.precision);
     data::DataLoader loader(ds, lc);
+    std::shared_ptr<distill::TeacherCache> cache;
+    if (!o->teacher_cache.empty()) {
+      cache = std::make_shared<distill::TeacherCache>(
+          o->teacher_cache, static_cast<uint64_t>(o->teacher_cache_gb * double(1ull << 30)));
+      d->set_teacher_cache(cache);
+      // The batches this run brings at most (a resumed run brings fewer).
+      const int64_t all = r.epochs * loader.batches_per_epoch();
+      int64_t steps = r.max_steps > 0 ? std::min(r.max_steps, all) : all;
+      if (o->stop_after > 0) steps = std::min(steps, o->stop_after);
+      cache->plan(steps, lc.world_size);
+    }
     if (!tc.quiet) {
       std::printf("distill '%s': student %s (%s params), %zu teacher(s), masking %s, %s: %zu images, batch %ld, lr %.3g, "
                   "%d threads, device %s, %s, %ld process(es) -> %s\n",
@@ -84,6 +103,13 @@ void add_distill(CLI::App& app) {
     }
     distill::DistillTask task(d);
     auto res = train::train(task, loader, tc);
+    if (cache) {
+      if (!tc.quiet) std::printf("%s\n", cache->summary().c_str());
+      // Rank 0's counters, next to the run's metrics.
+      if (lc.rank == 0)
+        atomic_write_file((fs::path(run_dir) / "teacher_cache.json").string(),
+                          [&](std::FILE* f) { std::fprintf(f, "%s\n", cache->stats_json().c_str()); });
+    }
     if (!tc.quiet && !res.interrupted)
       std::printf("done: %ld steps in %.1f s, loss %.4f -> %.4f; student: %s/student.safetensors\n", (long)res.steps,
                   res.seconds, res.first_loss, res.last_loss, run_dir.c_str());

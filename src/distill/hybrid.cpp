@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "distill/masking.h"
+#include "distill/teacher_cache.h"
 #include "model/checkpoint.h"
 #include "model/interop.h"
 #include "util/error.h"
@@ -164,6 +165,12 @@ bool HybridDistillerImpl::decays(const std::string& name, const torch::Tensor& p
   return p.dim() > 1 && name != "mask_token";
 }
 
+void HybridDistillerImpl::set_teacher_cache(std::shared_ptr<TeacherCache> cache) {
+  if (cache)
+    for (const auto& t : teachers_) cache->add_teacher(t);
+  cache_ = std::move(cache);
+}
+
 torch::Tensor HybridDistillerImpl::teacher_input(size_t ti, const torch::Tensor& images) const {
   const auto& sc = student->config();
   const auto& spec = teachers_[ti].spec;
@@ -229,8 +236,10 @@ DistillOutput HybridDistillerImpl::forward(const torch::Tensor& images, bool kee
     for (size_t ti = 0; ti < teachers_.size(); ++ti) {
       // Each teacher sees its input in its own dtype (float32, or bf16 in bf16 runs).
       inputs.push_back(teacher_input(ti, images).to(teachers_[ti].dtype));
-      ttaps.push_back(teachers_[ti].model->forward_taps(inputs.back(), teacher_taps_[ti]));
+      ttaps.push_back(cache_ ? cache_->taps(ti, inputs.back(), teacher_taps_[ti])
+                             : teachers_[ti].model->forward_taps(inputs.back(), teacher_taps_[ti]));
     }
+    if (cache_) cache_->end_batch();
     out.keep = compute_mask(inputs, ttaps, B, gen);
   }
   const auto& sc = student->config();

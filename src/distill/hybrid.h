@@ -3,6 +3,7 @@
 #pragma once
 
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -16,6 +17,8 @@
 #include "model/vit.h"
 
 namespace hd::distill {
+
+class TeacherCache;
 
 struct Teacher {
   TeacherSpec spec;
@@ -90,6 +93,9 @@ class HybridDistillerImpl : public torch::nn::Module {
   // What forward() taps from teacher `ti` (the layers its targets and the mask need).
   const model::TapSpec& teacher_tap_spec(size_t ti) const { return teacher_taps_.at(ti); }
   const Recipe& recipe() const { return recipe_; }
+  // Teachers' taps through `cache` from now on (distill/teacher_cache.h); each teacher's
+  // checkpoint file is hashed here, once. Null detaches it.
+  void set_teacher_cache(std::shared_ptr<TeacherCache> cache);
 
   // Whether a named trainable parameter (student.* / dec_* / mask_token) takes weight decay.
   bool decays(const std::string& name, const torch::Tensor& p) const;
@@ -103,6 +109,7 @@ class HybridDistillerImpl : public torch::nn::Module {
   std::vector<model::TapSpec> teacher_taps_;
   model::TapSpec student_taps_;
   size_t mask_teacher_ = 0;
+  std::shared_ptr<TeacherCache> cache_;
 };
 TORCH_MODULE(HybridDistiller);
 

@@ -458,7 +458,7 @@ OptimSpec read_optim(const Reader& r, const YAML::Node& root, OptimSpec o) {
 
 DataSpec read_data(const Reader& r, const YAML::Node& root, DataSpec d) {
   auto dt = root["data"];
-  r.only_keys(dt, "data", {"dataset", "split", "augment", "scale", "hflip", "workers"});
+  r.only_keys(dt, "data", {"dataset", "split", "augment", "scale", "hflip", "workers", "seed"});
   r.get(dt, "dataset", "data", d.dataset);
   r.get(dt, "split", "data", d.split);
   r.get(dt, "augment", "data", d.augment);
@@ -472,6 +472,11 @@ DataSpec read_data(const Reader& r, const YAML::Node& root, DataSpec d) {
   }
   r.get(dt, "hflip", "data", d.hflip);
   r.get(dt, "workers", "data", d.workers);
+  if (dt && dt["seed"]) {
+    uint64_t seed = 0;
+    r.get(dt, "seed", "data", seed);
+    d.seed = seed;
+  }
   if (d.dataset.empty()) r.fail("data.dataset", "must not be empty");
   check_range(r, "data.hflip", d.hflip, 0, 1, false, false, "a probability in [0, 1]");
   if (d.workers < 0 || d.workers > 256) r.fail("data.workers", "must be in [0, 256]");
@@ -580,7 +585,10 @@ std::string Recipe::to_yaml() const {
     << data.dataset << YAML::Key << "split" << YAML::Value << data.split << YAML::Key << "augment" << YAML::Value
     << data.augment << YAML::Key << "scale" << YAML::Value << YAML::Flow
     << std::vector<double>{data.scale_min, data.scale_max} << YAML::Key << "hflip" << YAML::Value << data.hflip
-    << YAML::Key << "workers" << YAML::Value << data.workers << YAML::EndMap;
+    << YAML::Key << "workers" << YAML::Value << data.workers;
+  // Only when set: recipes without it keep their effective text (and --resume its hash).
+  if (data.seed) e << YAML::Key << "seed" << YAML::Value << *data.seed;
+  e << YAML::EndMap;
   e << YAML::Key << "train" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "epochs" << YAML::Value
     << epochs << YAML::Key << "max_steps" << YAML::Value << max_steps << YAML::Key << "batch" << YAML::Value << batch
     << YAML::Key << "seed" << YAML::Value << seed << YAML::Key << "log_every" << YAML::Value << log_every << YAML::Key

@@ -93,6 +93,10 @@ struct DataSpec {
   double scale_min = 0.08, scale_max = 1.0;
   double hflip = 0.5;
   int workers = 2;
+  // Seed of the sample order and the augmentation; default: train.seed. Set apart from
+  // train.seed (initialisation, random masking), runs with different initialisations see the
+  // same views, and can share a teacher cache (distill --teacher-cache).
+  std::optional<uint64_t> seed;
 };
 
 struct Recipe {
@@ -107,7 +111,8 @@ struct Recipe {
   int64_t epochs = 1;
   int64_t max_steps = 0;        // 0: no cap
   int64_t batch = 64;
-  uint64_t seed = 0;
+  uint64_t seed = 0;            // initialisation, random masking; and the views unless data.seed
+  uint64_t data_seed() const { return data.seed.value_or(seed); }
   int64_t log_every = 10;
   int64_t checkpoint_every = 0; // steps; 0: only at epoch ends
 

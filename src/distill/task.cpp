@@ -29,7 +29,7 @@ data::LoaderConfig loader_config(const Recipe& r) {
   lc.shuffle = true;
   lc.drop_last = true;
   lc.num_workers = r.data.workers;
-  lc.seed = r.seed;
+  lc.seed = r.data_seed();  // sample order and augmentation
   lc.transform = train::model_transform(r.student, r.data.augment);
   lc.transform.scale_min = r.data.scale_min;
   lc.transform.scale_max = r.data.scale_max;
