@@ -14,7 +14,6 @@
 #include "eval/dense.h"
 #include "eval/evaluate.h"
 #include "model/checkpoint.h"
-#include "util/error.h"
 #include "util/timer.h"
 
 namespace hd::cli {
@@ -130,7 +129,7 @@ nlohmann::json base_result(const EvalOpts& o, const Features& f, const char* tas
 
 struct DenseOpts {
   std::string checkpoint, arch, data = "fashion-mnist", out, cache;
-  int64_t train_n = 2000, test_n = 500, batch = 256, seed = 0;
+  int64_t train_n = 4000, test_n = 1000, batch = 256, seed = 0;
   bool quiet = false;
   Runtime rt;
   eval::ProbeConfig probe;
@@ -139,7 +138,6 @@ struct DenseOpts {
 void dense(const DenseOpts& o) {
   auto device = apply_runtime(o.rt);
   const auto precision = precision_of(o.rt, device);
-  if (o.train_n <= 0 || o.test_n <= 0) throw Error("--train-n and --test-n must be positive");
   Timer t;
   const auto cfg = model::checkpoint_config(o.checkpoint, o.arch);
   model::VisionTransformer m{nullptr};
