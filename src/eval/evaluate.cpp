@@ -127,7 +127,6 @@ ProbeResult linear_probe(const FeatureSet& train, const FeatureSet& test, int64_
     r.whiten = torch::mm(evecs * inv_sqrt.unsqueeze(0), evecs.t()).to(torch::kFloat);
   }
   auto xtr = torch::mm(train.features - r.mean, r.whiten);
-  auto xte = torch::mm(test.features - r.mean, r.whiten);
   torch::Generator gen = at::detail::createCPUGenerator(cfg.seed);
   r.weight = torch::zeros({num_classes, D}).normal_(0, 0.01, gen).requires_grad_(true);
   r.bias = torch::zeros({num_classes}).requires_grad_(true);
@@ -151,8 +150,13 @@ ProbeResult linear_probe(const FeatureSet& train, const FeatureSet& test, int64_
   r.weight = r.weight.detach();
   r.bias = r.bias.detach();
   r.train_top1 = top1(torch::addmm(r.bias, xtr, r.weight.t()), train.labels);
-  r.test_top1 = top1(torch::addmm(r.bias, xte, r.weight.t()), test.labels);
+  r.test_top1 = top1(probe_logits(r, test.features), test.labels);
   return r;
+}
+
+torch::Tensor probe_logits(const ProbeResult& probe, const torch::Tensor& features) {
+  torch::NoGradGuard ng;
+  return torch::addmm(probe.bias, torch::mm(features.to(torch::kFloat) - probe.mean, probe.whiten), probe.weight.t());
 }
 
 }  // namespace hd::eval

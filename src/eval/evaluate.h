@@ -69,4 +69,7 @@ struct ProbeResult {
 // cross-entropy; deterministic for a seed.
 ProbeResult linear_probe(const FeatureSet& train, const FeatureSet& test, int64_t num_classes, const ProbeConfig& cfg);
 
+// The probe's class scores [N,C] for features [N,D] (float32).
+torch::Tensor probe_logits(const ProbeResult& probe, const torch::Tensor& features);
+
 }  // namespace hd::eval

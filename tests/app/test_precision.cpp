@@ -140,6 +140,18 @@ TEST(Precision, EveryInferenceCommandRunsInBf16CloseToFp32) {
     EXPECT_NEAR(top1["bf16"], top1["fp32"], 0.05) << task;
   }
 
+  // dense: token accuracy and mIoU up to a few tokens that flip.
+  std::map<std::string, nlohmann::json> dense;
+  for (const char* p : {"fp32", "bf16"}) {
+    auto r = run("dense -c " + ckpt + " --train-n 100 --test-n 40 -e 5 -t 2 -q -o " + dir + "/dense_" + p +
+                 " --precision " + p);
+    ASSERT_EQ(r.code, 0) << p << ": " << r.out;
+    dense[p] = read_json(dir + "/dense_" + p + "/result.json");
+  }
+  EXPECT_EQ(dense["bf16"].at("precision"), "bf16");
+  for (const char* k : {"token_acc", "miou"})
+    EXPECT_NEAR(dense["bf16"].at(k).get<double>(), dense["fp32"].at(k).get<double>(), 0.05) << k;
+
   // analyze: head distances and NMI to bf16 accuracy.
   std::map<std::string, nlohmann::json> diag;
   for (const char* p : {"fp32", "bf16"}) {
@@ -164,7 +176,8 @@ TEST(Precision, EveryInferenceCommandRunsInBf16CloseToFp32) {
 // all subcommands (`-n` is each command's count: images, iterations, batches or processes).
 TEST(Precision, EveryModelCommandTakesPrecisionAndShortOptionsAgree) {
   const std::vector<std::string> model_cmds{"pretrain-mae", "train",   "finetune", "distill", "dump-step",
-                                            "knn",          "probe",   "analyze",  "features", "bench"};
+                                            "knn",          "probe",   "dense",    "analyze",  "features",
+                                            "bench"};
   for (const auto& c : model_cmds) {
     auto r = run(c + " --help");
     ASSERT_EQ(r.code, 0) << c;
