@@ -82,8 +82,10 @@ teacher() {
     local resume=() t0=$SECONDS
     [ -f "$run/checkpoint.safetensors" ] && resume=(--resume)
     echo "== teacher $name: epoch $e of $epochs"
+    local stop=()
+    ((e < epochs)) && stop=(--stop-after $((e * STEPS_PER_EPOCH)))
     "$BIN" "$@" -t "$THREADS" --checkpoint-every "$STEPS_PER_EPOCH" --log-every 100 \
-      --stop-after $((e * STEPS_PER_EPOCH)) -o "$run" "${resume[@]}" 2>&1 | tail -n 3
+      "${stop[@]}" -o "$run" "${resume[@]}" 2>&1 | tail -n 3
     local model=$run/model.safetensors
     if ((e < epochs)) || [ ! -f "$model" ]; then
       encoder_of "$run" "$prefix" "$run/epoch_model.safetensors"
@@ -98,7 +100,24 @@ teacher() {
   done
   if ((INSTALL)); then
     [ -f "$run/model.safetensors" ] || { echo "train_teachers: $run has no model.safetensors" >&2; exit 1; }
-    cp "$run/model.safetensors" "$ROOT/teachers/$name.safetensors.tmp"
+    # The model file with its provenance added to the safetensors metadata: the command and the
+    # final k-NN top-1 (weights and every other entry unchanged).
+    /usr/bin/python3 - "$run/model.safetensors" "$ROOT/teachers/$name.safetensors.tmp" "$*" \
+      "$(tail -n 1 "$curve" | cut -f3)" <<'PYEOF'
+import json, struct, sys
+src, dst, command, knn = sys.argv[1:]
+with open(src, "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    header = json.loads(f.read(n))
+    data = f.read()
+meta = header.setdefault("__metadata__", {})
+meta["hybrid_distill.command"] = "hybrid-distill " + command
+meta["hybrid_distill.knn_top1"] = knn
+h = json.dumps(header).encode()
+h += b" " * ((8 - len(h) % 8) % 8)
+with open(dst, "wb") as f:
+    f.write(struct.pack("<Q", len(h)) + h + data)
+PYEOF
     mv "$ROOT/teachers/$name.safetensors.tmp" "$ROOT/teachers/$name.safetensors"
     echo "== installed teachers/$name.safetensors"
   fi

@@ -457,7 +457,8 @@ TrainResult train(Task& task, data::DataLoader& loader, const TrainConfig& cfg_i
         progress.log(pos.epoch, pos.step, lr, result);
       }
       if (cfg.checkpoint_every > 0 && pos.step % cfg.checkpoint_every == 0) save_checkpoint(pos);
-      if (cfg.stop_at > 0 && pos.step >= cfg.stop_at) stop = true;
+      // --stop-after at or past the last step is simply the end of the run (the final model is saved).
+      if (cfg.stop_at > 0 && pos.step >= cfg.stop_at && pos.step < total) stop = true;
       if (!comm && g_stop.load()) stop = true;  // one process: a signal during this step counts now
       if (stop) break;
     }

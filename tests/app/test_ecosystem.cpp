@@ -115,6 +115,21 @@ TEST(TensorBoard, EventsHoldTheMetricsAndTheEvaluation) {
   EXPECT_TRUE(events_files(dir + "/off").empty());
 }
 
+TEST(Trainer, StopAfterTheLastStepFinishesTheRun) {
+  // --stop-after at the run's last step (or beyond) is the end of the run: the final model is
+  // written, nothing is reported as interrupted.
+  auto dir = scratch("ecosystem", "StopAfterTheLastStep");
+  auto r = run(kTrain + "--stop-after 6 -o " + dir + "/a");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(fs::exists(dir + "/a/model.safetensors"));
+  EXPECT_TRUE(fs::exists(dir + "/a/result.json"));
+  // Before the last step it stops with a checkpoint and no final model.
+  r = run(kTrain + "--stop-after 5 -o " + dir + "/b");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(fs::exists(dir + "/b/checkpoint.safetensors"));
+  EXPECT_FALSE(fs::exists(dir + "/b/model.safetensors"));
+}
+
 TEST(TensorBoard, ResumeDoesNotDuplicateSteps) {
   auto dir = scratch("ecosystem", "ResumeDoesNotDuplicateSteps");
   const std::string run_dir = dir + "/run";
