@@ -24,10 +24,12 @@
 # target is computed once per view and shared through the teacher-target cache
 # (distill --teacher-cache OUT/teacher_cache), and rows are compared on the same data.
 #
-# Resumable: every run is a cached stage (scripts/stage.sh, keyed on the command, the binary and
-# the input files); run the script again and it continues where it stopped. Rows run in the
-# order of `scripts/results_table.py --rows`, all seeds of a row before the next row, so a
-# partial study still gives complete rows.
+# Resumable and cumulative: a run whose record (docs/results) exists for the same setting is
+# skipped, on any machine; every other run is a cached stage (scripts/stage.sh, keyed on the
+# command, the binary and the input files), so an interrupted study continues where it stopped.
+# Rows run in the order of `scripts/results_table.py --rows`, all seeds of a row before the next
+# row, so a partial study still gives complete rows; the fine-tuning of the Table 1 rows, the
+# costliest part, comes after every row has its other numbers.
 #
 #   bash scripts/reproduce.sh [--out DIR] [--seeds N] [--steps N] [--ft-steps N] [--threads N]
 #                             [--rows a,b,...] [--no-cache] [--records DIR] [--retrain-teachers]
@@ -86,7 +88,8 @@ done
 SETTING=(--setting "arch=$SMALL" --setting "steps=$STEPS" --setting "ft_steps=$FT_STEPS" --setting batch=128
          --setting "teachers=$(sha256sum "$MAE" | cut -c1-12)/$(sha256sum "$SUP" | cut -c1-12)")
 CACHE_OPTS=()
-((CACHE)) && CACHE_OPTS=(--teacher-cache "$OUT/teacher_cache")
+# About 12 MB per batch of 128 for the hybrid rows (bf16 taps); the whole study needs some 30 GB.
+((CACHE)) && CACHE_OPTS=(--teacher-cache "$OUT/teacher_cache" --teacher-cache-gb 60)
 
 # The uniform small-scale rule (see the header): the same overrides for every recipe.
 small_scale() {  # RECIPE SEED -> sets SETS
@@ -105,7 +108,7 @@ small_scale() {  # RECIPE SEED -> sets SETS
 }
 
 EVAL=(--train-limit 10000 --pool mean --feature-cache "$OUT/features" "${COMMON[@]}")
-ANALYZE=(--data fashion-mnist --split test -n 512 --batch 64 --no-maps "${COMMON[@]}")
+ANALYZE=(--data fashion-mnist --split test -n 512 --batch 64 --layers none "${COMMON[@]}")
 # Teachers first: their own numbers and diagnostics, the reference of every figure.
 for t in mae:$MAE sup:$SUP; do
   name=${t%%:*} ckpt=${t#*:}
@@ -118,33 +121,50 @@ for t in mae:$MAE sup:$SUP; do
     --analyze "$OUT/teacher_$name/analyze"
 done
 
-while IFS='|' read -r name _label ft; do
-  if [ -n "$ONLY" ] && [[ ",$ONLY," != *",$name,"* ]]; then continue; fi
-  recipe=$ROOT/configs/paper/$name.yaml
-  [ -f "$recipe" ] || { echo "reproduce: no recipe $recipe" >&2; exit 1; }
-  for ((seed = 0; seed < SEEDS; seed++)); do
-    run=$name/seed$seed
-    small_scale "$recipe" "$seed"
-    stage "$run/distill" 1 "$BIN" distill -r "$recipe" "${SETS[@]}" "${CACHE_OPTS[@]}" "${COMMON[@]}"
-    student=$STAGE_DIR/student.safetensors
-    stage "$run/knn" 0 "$BIN" knn -c "$student" "${EVAL[@]}"
-    stage "$run/probe" 0 "$BIN" probe -c "$student" "${EVAL[@]}"
-    stage "$run/dense" 0 "$BIN" dense -c "$student" "${COMMON[@]}"
-    extra=()
-    if ((FT_STEPS)) && [ -n "$ft" ]; then
-      stage "$run/finetune" 1 "$BIN" finetune -c "$student" -e 1 --max-steps "$FT_STEPS" -b 128 --lr 1e-3 \
-        --layer-decay 0.75 --warmup-epochs 0.1 --eval-limit 5000 -s "$seed" --checkpoint-every 100 "${COMMON[@]}"
-      extra+=(--finetune "$OUT/$run/finetune")
-    fi
-    if ((seed == 0)) && [ -n "$ft" ]; then
-      stage "$run/analyze" 0 "$BIN" analyze -c "$student" "${ANALYZE[@]}"
-      extra+=(--analyze "$OUT/$run/analyze")
-    fi
-    $PY "$ROOT/scripts/study_record.py" "$RECORDS/$name/seed$seed.json" --row "$name" --seed "$seed" \
-      --recipe "$recipe" "${SETTING[@]}" --distill "$OUT/$run/distill" --knn "$OUT/$run/knn" \
-      --probe "$OUT/$run/probe" --dense "$OUT/$run/dense" "${extra[@]}"
-  done
-done < <($PY "$ROOT/scripts/results_table.py" --rows)
+# Pass 1: every row and seed: distillation, dense task, k-NN, probe (and the seed-0 diagnostics
+# of the Table 1 rows). Pass 2: fine-tuning of the Table 1 rows, the costliest part, last.
+# A run whose record already exists for this setting (from any machine) is skipped.
+ROWS=$($PY "$ROOT/scripts/results_table.py" --rows)
+distill_run() {  # NAME SEED -> STAGE_DIR of its distillation, SETS
+  small_scale "$ROOT/configs/paper/$1.yaml" "$2"
+  stage "$1/seed$2/distill" 1 "$BIN" distill -r "$ROOT/configs/paper/$1.yaml" "${SETS[@]}" "${CACHE_OPTS[@]}" "${COMMON[@]}"
+}
+for pass in 1 2; do
+  while IFS='|' read -r name _label ft; do
+    if [ -n "$ONLY" ] && [[ ",$ONLY," != *",$name,"* ]]; then continue; fi
+    [ -f "$ROOT/configs/paper/$name.yaml" ] || { echo "reproduce: no recipe configs/paper/$name.yaml" >&2; exit 1; }
+    ((pass == 1)) || { ((FT_STEPS)) && [ -n "$ft" ]; } || continue
+    for ((seed = 0; seed < SEEDS; seed++)); do
+      run=$name/seed$seed rec=$RECORDS/$name/seed$seed.json
+      need=(--need dense_miou --need knn --need probe)
+      ((pass == 2)) && need=(--need finetune)
+      if $PY "$ROOT/scripts/study_record.py" "$rec" --check "${SETTING[@]}" "${need[@]}"; then
+        echo "== $run: recorded in $rec, skipped"
+        continue
+      fi
+      distill_run "$name" "$seed"
+      student=$STAGE_DIR/student.safetensors
+      if ((pass == 2)); then
+        stage "$run/finetune" 1 "$BIN" finetune -c "$student" -e 1 --max-steps "$FT_STEPS" -b 128 --lr 1e-3 \
+          --layer-decay 0.75 --warmup-epochs 0.1 --eval-limit 5000 -s "$seed" --checkpoint-every 100 "${COMMON[@]}"
+        $PY "$ROOT/scripts/study_record.py" "$rec" --row "$name" --seed "$seed" "${SETTING[@]}" --update \
+          --finetune "$OUT/$run/finetune"
+        continue
+      fi
+      stage "$run/dense" 0 "$BIN" dense -c "$student" "${COMMON[@]}"
+      stage "$run/knn" 0 "$BIN" knn -c "$student" "${EVAL[@]}"
+      stage "$run/probe" 0 "$BIN" probe -c "$student" "${EVAL[@]}"
+      extra=()
+      if ((seed == 0)) && [ -n "$ft" ]; then
+        stage "$run/analyze" 0 "$BIN" analyze -c "$student" "${ANALYZE[@]}"
+        extra+=(--analyze "$OUT/$run/analyze")
+      fi
+      $PY "$ROOT/scripts/study_record.py" "$rec" --row "$name" --seed "$seed" --recipe "$ROOT/configs/paper/$name.yaml" \
+        "${SETTING[@]}" --update --distill "$OUT/$run/distill" --knn "$OUT/$run/knn" --probe "$OUT/$run/probe" \
+        --dense "$OUT/$run/dense" "${extra[@]}"
+    done
+  done <<<"$ROWS"
+done
 
 # Teachers and the seed-0 students of the Table 1 rows, overlaid.
 DIAG=("$OUT/teacher_mae/analyze" "$OUT/teacher_sup/analyze")
@@ -155,12 +175,13 @@ for r in "table3_tc:student Tc only" "table3_tm:student Tm only" "table3_tc_tm_r
   if [ -d "$d" ]; then DIAG+=("$d"); LABELS+=",${r#*:}"; fi
 done
 stage compare 0 "$BIN" compare "${DIAG[@]}" --labels "$LABELS"
+COMPARE=$STAGE_DIR
 
 echo "== total $((SECONDS - START)) s; records under $RECORDS"
 if ((UPDATE_DOCS)); then
   $PY "$ROOT/scripts/results_table.py" --results "$RECORDS" --seeds "$SEEDS" --doc "$ROOT/docs/RESULTS.md"
   mkdir -p "$ROOT/docs/figures"
-  for f in head_distance nmi; do cp "$OUT/compare/$f.png" "$ROOT/docs/figures/study_$f.png"; done
+  for f in head_distance nmi; do cp "$COMPARE/$f.png" "$ROOT/docs/figures/study_$f.png"; done
   echo "updated docs/figures/study_{head_distance,nmi}.png"
 else
   $PY "$ROOT/scripts/results_table.py" --results "$RECORDS" --seeds "$SEEDS"

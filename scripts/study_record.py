@@ -7,9 +7,13 @@ so the study accumulates across machines as records are committed.
 
 usage: study_record.py DEST --row NAME --seed K [--recipe FILE] [--distill DIR] [--knn DIR]
                        [--probe DIR] [--dense DIR] [--finetune DIR] [--analyze DIR]
-                       [--setting KEY=VALUE ...]
+                       [--setting KEY=VALUE ...] [--update]
+       study_record.py DEST --check [--setting KEY=VALUE ...] [--need METRIC ...]
 A stage folder holds the command's result.json (distill: metrics.jsonl and recipe.yaml).
 The record is written atomically; a missing or unreadable stage is an error naming it.
+--update keeps what an existing record has and adds or replaces what the given stages measure.
+--check exits 0 when DEST is a record of the same setting that has every --need metric (the
+run can be skipped), 1 otherwise.
 """
 import argparse
 import hashlib
@@ -74,21 +78,38 @@ def distill_summary(d):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("dest")
-    ap.add_argument("--row", required=True)
-    ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("--row")
+    ap.add_argument("--seed", type=int)
     ap.add_argument("--recipe")
     for s in ("distill", "knn", "probe", "dense", "finetune", "analyze"):
         ap.add_argument(f"--{s}")
     ap.add_argument("--setting", action="append", default=[], help="KEY=VALUE describing the study setting")
+    ap.add_argument("--update", action="store_true")
+    ap.add_argument("--check", action="store_true")
+    ap.add_argument("--need", action="append", default=[])
     a = ap.parse_args()
-
-    rec = {"format": FORMAT, "row": a.row, "seed": a.seed, "metrics": {}, "cpu": cpu_model()}
     setting = {}
     for kv in a.setting:
         k, sep, v = kv.partition("=")
         if not sep:
             sys.exit(f"study_record: --setting {kv!r}: expected KEY=VALUE")
         setting[k] = v
+    if a.check:
+        try:
+            with open(a.dest) as f:
+                old = json.load(f)
+        except (OSError, ValueError):
+            sys.exit(1)
+        ok = old.get("setting") == setting and all(m in old.get("metrics", {}) for m in a.need)
+        sys.exit(0 if ok else 1)
+    if a.row is None or a.seed is None:
+        ap.error("--row and --seed are required")
+
+    rec = {"format": FORMAT, "row": a.row, "seed": a.seed, "metrics": {}, "cpu": cpu_model()}
+    if a.update and os.path.exists(a.dest):
+        rec = load_json(a.dest)
+        if rec.get("setting") != setting:
+            sys.exit(f"study_record: {a.dest}: recorded with another setting ({rec.get('setting')}); not updated")
     rec["setting"] = setting
     if a.recipe:
         rec["recipe"] = os.path.relpath(a.recipe, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))

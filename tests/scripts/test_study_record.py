@@ -58,6 +58,30 @@ class StudyRecord(unittest.TestCase):
             self.assertEqual(rec["precision"], "bf16")
             self.assertTrue(rec["cpu"])
 
+            # --check: the same setting with the needed metrics -> 0 (skip the run), else 1.
+            def check(*args):
+                return subprocess.run([sys.executable, SCRIPT, dest, "--check", *args]).returncode
+            self.assertEqual(check("--setting", "steps=300"), 0)
+            self.assertEqual(check("--setting", "steps=300", "--need", "dense_miou"), 0)
+            self.assertEqual(check("--setting", "steps=300", "--need", "finetune"), 1)
+            self.assertEqual(check("--setting", "steps=600"), 1)
+            self.assertEqual(subprocess.run([sys.executable, SCRIPT, f"{d}/none.json", "--check"]).returncode, 1)
+            # --update adds a stage's metric and keeps the rest; another setting is refused.
+            write(f"{d}/finetune/result.json", {"top1": 0.91})
+            r = subprocess.run([sys.executable, SCRIPT, dest, "--row", "r", "--seed", "2", "--setting", "steps=300",
+                                "--update", "--finetune", f"{d}/finetune"], stderr=subprocess.PIPE, text=True)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with open(dest) as f:
+                up = json.load(f)
+            self.assertAlmostEqual(up["metrics"]["finetune"], 91.0)
+            self.assertAlmostEqual(up["metrics"]["dense_miou"], 70.0)
+            self.assertEqual(up["distill"], rec["distill"])
+            self.assertEqual(check("--setting", "steps=300", "--need", "finetune"), 0)
+            r = subprocess.run([sys.executable, SCRIPT, dest, "--row", "r", "--seed", "2", "--setting", "steps=9",
+                                "--update", "--finetune", f"{d}/finetune"], stderr=subprocess.PIPE, text=True)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("another setting", r.stderr)
+
             # A missing stage, a result without its metric: errors naming the file.
             r = subprocess.run([sys.executable, SCRIPT, dest, "--row", "r", "--seed", "2", "--knn", f"{d}/nothing"],
                                stderr=subprocess.PIPE, text=True)
