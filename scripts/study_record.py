@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 
@@ -69,9 +70,24 @@ def distill_summary(d):
     out = {"steps": steps[-1]["step"] + 1, "seconds": steps[-1].get("time"), "first_loss": steps[0]["loss"],
            "last_loss": steps[-1]["loss"]}
     # The last logged value of every loss term (e.g. mae.relation.mean, deit.features.last).
-    terms = {k: v for k, v in steps[-1].items() if k not in ("epoch", "step", "time", "lr", "loss")}
+    terms = {k: v for k, v in steps[-1].items() if k not in ("epoch", "step", "time", "lr", "loss", "grad_norm")}
     if terms:
         out["last_terms"] = terms
+    # The precision the run trained in, from its log's header line ("..., device cpu, bf16, ...").
+    try:
+        with open(os.path.join(d, "log.txt")) as f:
+            m = re.search(r", device [^,]+, (fp32|bf16),", f.read())
+        if m:
+            out["precision"] = m.group(1)
+    except OSError:
+        pass
+    # Teacher-target cache use (distill --teacher-cache writes teacher_cache.json).
+    try:
+        with open(os.path.join(d, "teacher_cache.json")) as f:
+            tc = json.load(f)
+        out["teacher_cache"] = {k: tc[k] for k in ("hits", "misses") if k in tc}
+    except (OSError, ValueError):
+        pass
     return out
 
 
@@ -118,6 +134,8 @@ def main():
     build = None
     if a.distill:
         rec["distill"] = distill_summary(a.distill)
+        if "precision" in rec["distill"]:
+            rec["precision"] = rec["distill"]["precision"]
     for stage, keys in (("knn", {"top1": "knn"}), ("probe", {"top1": "probe"}),
                         ("dense", {"token_acc": "dense_acc", "miou": "dense_miou"}),
                         ("finetune", {"top1": "finetune"})):
@@ -132,7 +150,8 @@ def main():
         if stage == "dense" and "iou" in j:
             rec["dense_iou_per_class"] = j["iou"]
         build = build or j.get("build")
-        rec.setdefault("precision", j.get("precision"))
+        if j.get("precision") and "precision" not in rec:
+            rec["precision"] = j["precision"]
     if a.analyze:
         j = load_json(os.path.join(a.analyze, "diagnostics.json"))
         rec["diagnostics"] = {k: j[k] for k in ("layers", "head_distance_mean", "nmi_mean", "images") if k in j}
@@ -140,8 +159,6 @@ def main():
             rec["diagnostics"]["uniform"] = {k: j["uniform"][k] for k in ("head_distance", "nmi", "grid")}
     if build:
         rec["build"] = build
-    if rec.get("precision") is None:
-        rec.pop("precision", None)
 
     os.makedirs(os.path.dirname(os.path.abspath(a.dest)), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(a.dest)), suffix=".tmp")

@@ -26,6 +26,9 @@ class StudyRecord(unittest.TestCase):
             write(f"{d}/distill/metrics.jsonl",
                   json.dumps({"epoch": 0, "step": 0, "loss": 2.5, "time": 1.0, "lr": 0.1, "mae.relation.mean": 2.0}) + "\n" +
                   json.dumps({"epoch": 0, "step": 299, "loss": 0.5, "time": 88.5, "lr": 0.0, "mae.relation.mean": 0.3}) + "\n")
+            write(f"{d}/distill/log.txt", "distill 'r': student x, 2 teacher(s), batch 128, 2 threads, device cpu, fp32, "
+                                          "1 process(es) -> out\nstep ...\n")
+            write(f"{d}/distill/teacher_cache.json", {"hits": 7, "misses": 3, "bytes_read": 10})
             write(f"{d}/knn/result.json", {"top1": 0.8123, "build": build, "precision": "bf16"})
             write(f"{d}/probe/result.json", {"top1": 0.85})
             write(f"{d}/dense/result.json", {"token_acc": 0.9, "miou": 0.7, "iou": [0.5] * 10})
@@ -49,13 +52,14 @@ class StudyRecord(unittest.TestCase):
             self.assertAlmostEqual(rec["metrics"]["dense_miou"], 70.0)
             self.assertNotIn("finetune", rec["metrics"])
             self.assertEqual(rec["distill"], {"steps": 300, "seconds": 88.5, "first_loss": 2.5, "last_loss": 0.5,
-                                              "last_terms": {"mae.relation.mean": 0.3}})
+                                              "last_terms": {"mae.relation.mean": 0.3}, "precision": "fp32",
+                                              "teacher_cache": {"hits": 7, "misses": 3}})
             self.assertEqual(rec["recipe_sha256"], hashlib.sha256(b"name: r\n").hexdigest())
             self.assertEqual(rec["diagnostics"]["uniform"], {"head_distance": 14.4, "nmi": 0.0, "grid": [7, 7]})
             self.assertEqual(rec["diagnostics"]["head_distance_mean"], [3.0, 9.0])
             self.assertEqual(rec["setting"], {"steps": "300"})
             self.assertEqual(rec["build"], build)
-            self.assertEqual(rec["precision"], "bf16")
+            self.assertEqual(rec["precision"], "fp32")  # the distillation's, over the evaluations' 
             self.assertTrue(rec["cpu"])
 
             # --check: the same setting with the needed metrics -> 0 (skip the run), else 1.
