@@ -88,7 +88,8 @@ done
 SETTING=(--setting "arch=$SMALL" --setting "steps=$STEPS" --setting "ft_steps=$FT_STEPS" --setting batch=128
          --setting "teachers=$(sha256sum "$MAE" | cut -c1-12)/$(sha256sum "$SUP" | cut -c1-12)")
 CACHE_OPTS=()
-# About 12 MB per batch of 128 for the hybrid rows (bf16 taps); the whole study needs some 30 GB.
+# About 12 MB per batch of 128 for the hybrid rows (bf16 taps); the rows that share targets need
+# some 50 GB in all (results_table.py's UNCACHED rows, whose targets serve one run, go without).
 ((CACHE)) && CACHE_OPTS=(--teacher-cache "$OUT/teacher_cache" --teacher-cache-gb 60)
 
 # The uniform small-scale rule (see the header): the same overrides for every recipe.
@@ -125,12 +126,14 @@ done
 # of the Table 1 rows). Pass 2: fine-tuning of the Table 1 rows, the costliest part, last.
 # A run whose record already exists for this setting (from any machine) is skipped.
 ROWS=$($PY "$ROOT/scripts/results_table.py" --rows)
-distill_run() {  # NAME SEED -> STAGE_DIR of its distillation, SETS
+distill_run() {  # NAME SEED CACHED -> STAGE_DIR of its distillation, SETS
   small_scale "$ROOT/configs/paper/$1.yaml" "$2"
-  stage "$1/seed$2/distill" 1 "$BIN" distill -r "$ROOT/configs/paper/$1.yaml" "${SETS[@]}" "${CACHE_OPTS[@]}" "${COMMON[@]}"
+  local cache=()
+  [ -n "$3" ] && cache=("${CACHE_OPTS[@]}")
+  stage "$1/seed$2/distill" 1 "$BIN" distill -r "$ROOT/configs/paper/$1.yaml" "${SETS[@]}" "${cache[@]}" "${COMMON[@]}"
 }
 for pass in 1 2; do
-  while IFS='|' read -r name _label ft; do
+  while IFS='|' read -r name _label ft cached; do
     if [ -n "$ONLY" ] && [[ ",$ONLY," != *",$name,"* ]]; then continue; fi
     [ -f "$ROOT/configs/paper/$name.yaml" ] || { echo "reproduce: no recipe configs/paper/$name.yaml" >&2; exit 1; }
     ((pass == 1)) || { ((FT_STEPS)) && [ -n "$ft" ]; } || continue
@@ -142,7 +145,7 @@ for pass in 1 2; do
         echo "== $run: recorded in $rec, skipped"
         continue
       fi
-      distill_run "$name" "$seed"
+      distill_run "$name" "$seed" "$cached"
       student=$STAGE_DIR/student.safetensors
       if ((pass == 2)); then
         stage "$run/finetune" 1 "$BIN" finetune -c "$student" -e 1 --max-steps "$FT_STEPS" -b 128 --lr 1e-3 \

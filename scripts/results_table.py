@@ -10,7 +10,8 @@ usage: results_table.py [--results DIR] [--doc RESULTS.md] [--rows]
   --results DIR  record folder (default: docs/results next to this script's repository)
   --doc FILE     replace the text between FILE's <!-- results:begin --> and
                  <!-- results:end --> markers with the tables (else print them)
-  --rows         print the study's rows in run order (name|label), for scripts/reproduce.sh
+  --rows         print the study's rows in run order (name|label|finetune|cache), for
+                 scripts/reproduce.sh
 """
 import argparse
 import glob
@@ -55,6 +56,11 @@ ROWS = [
     ("table13_deit_mask_300ep", "300 epochs, progressive 70%³", 50.3, False),
 ]
 ROW = {r[0]: r for r in ROWS}
+# Rows whose teacher targets no other row needs (block / MSA outputs, relations at other layers,
+# a direct mask at block 11): the teacher-target cache would store them for a single use, and
+# the 1-11 row alone would need some 25 GB, so reproduce.sh runs these without it.
+UNCACHED = {"table5_block", "table5_msa", "table7_layers_1-2-3", "table7_layers_5-6-7", "table7_layers_9-10-11",
+            "table7_layers_11", "table7_layers_1-11", "table8_direct"}
 
 # (title, [(run, label or None, paper AP^box or None)]): a run standing for another table's
 # identical recipe is shown with that row's label and number.
@@ -292,7 +298,7 @@ def main():
     a = ap.parse_args()
     if a.rows:
         for name, label, _paper, ft in ROWS:
-            print(f"{name}|{label}|{'finetune' if ft else ''}")
+            print(f"{name}|{label}|{'finetune' if ft else ''}|{'' if name in UNCACHED else 'cache'}")
         return
     runs, teachers = load(a.results)
     text = tables(runs, teachers, a.seeds)
