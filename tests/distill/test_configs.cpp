@@ -207,7 +207,7 @@ TEST(Configs, FashionMnistRecipesAndOverrides) {
   fs::create_directories(tmp);
   // Teachers of the pipeline's architecture, as `pretrain-mae` / `train` write them.
   for (const char* name : {"mae", "sup"}) {
-    auto c = hd::model::preset("vit_mini_patch7_28");
+    auto c = hd::model::preset("vit_mini12_patch4_28");
     hd::model::VisionTransformer m(c);
     hd::model::save_model((tmp / (std::string(name) + ".safetensors")).string(), m);
   }
@@ -221,7 +221,15 @@ TEST(Configs, FashionMnistRecipesAndOverrides) {
   EXPECT_EQ(r.mask.layers, (std::vector<int64_t>{0, 1}));
   EXPECT_EQ(r.teachers.at(0).checkpoint, (tmp / "mae.safetensors").string());
   EXPECT_EQ(r.teachers.at(1).checkpoint, (tmp / "sup.safetensors").string());
-  EXPECT_EQ(r.student.name, "vit_mini_patch7_28");
+  EXPECT_EQ(r.student.name, "vit_mini12_patch4_28");
+  // Without overrides the recipes use the shipped teachers (teachers/), which load and match.
+  const auto shipped = src.parent_path() / "teachers";
+  auto d = load_recipe((src / "fmnist_hybrid.yaml").string());
+  EXPECT_EQ(fs::weakly_canonical(d.teachers.at(0).checkpoint), fs::weakly_canonical(shipped / "mae.safetensors"));
+  EXPECT_EQ(fs::weakly_canonical(d.teachers.at(1).checkpoint), fs::weakly_canonical(shipped / "sup.safetensors"));
+  EXPECT_EQ(d.mask.layers, (std::vector<int64_t>{0, 4, 8}));
+  EXPECT_EQ(d.teachers.at(0).targets.at(0).layers, (std::vector<int64_t>{9, 10}));
+  EXPECT_EQ(load_recipe((src / "fmnist_single.yaml").string()).teachers.size(), 1u);
   std::string by_name = teachers[1];
   by_name.replace(9, 1, "sup");  // teachers.sup.checkpoint=...
   auto single = load_recipe((src / "fmnist_single.yaml").string(), {by_name});
