@@ -41,7 +41,7 @@ void add_distill(CLI::App& app) {
     std::string recipe, out, teacher_cache;
     double teacher_cache_gb = 20;
     std::vector<std::string> set;
-    bool resume = false, force = false, quiet = false, no_tensorboard = false, skip_bad = false;
+    bool resume = false, force = false, quiet = false, no_tensorboard = false, skip_bad = false, exact_jpeg = false;
     int64_t max_steps = -1, stop_after = 0;
     Runtime rt;
   };
@@ -57,6 +57,7 @@ void add_distill(CLI::App& app) {
   sub->add_option("--stop-after", o->stop_after, "save a checkpoint and stop after this step (continue with --resume)");
   sub->add_flag("--no-tensorboard", o->no_tensorboard, "no TensorBoard events file in the run folder");
   sub->add_flag("--skip-bad", o->skip_bad, "skip (and count) bad samples (unreadable images, bad shard members) instead of failing");
+  sub->add_flag("--exact-jpeg", o->exact_jpeg, "decode training JPEGs at full size (no reduced DCT scale for large crops)");
   sub->add_option("--teacher-cache", o->teacher_cache,
                   "folder of teacher outputs keyed by content, shared by runs with the same teachers and views "
                   "(see data.seed): each teacher forward is computed once");
@@ -71,6 +72,7 @@ void add_distill(CLI::App& app) {
     auto ds = data::open_dataset(r.data.dataset, r.data.split, {o->skip_bad});
     auto lc = distill::loader_config(r);
     lc.skip_bad = o->skip_bad;
+    lc.transform.jpeg_dct_scaling = !o->exact_jpeg;
 
     auto tc = distill::train_config(r, run_dir);
     tc.resume = o->resume;

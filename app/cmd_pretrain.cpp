@@ -48,6 +48,7 @@ void add_pretrain(CLI::App& app) {
     auto lc = model_loader(cfg, true, o->t.batch, o->t.workers, static_cast<uint64_t>(o->t.seed));
     lc.transform.scale_min = o->scale_min;
     lc.skip_bad = o->t.skip_bad;
+    lc.transform.jpeg_dct_scaling = !o->t.exact_jpeg;
     const auto& m = o->mae;
     std::string recipe = "command: pretrain-mae\nmodel: " + cfg.to_json() + "\nmask_ratio: " + std::to_string(m.mask_ratio) +
                          "\ndecoder: [" + std::to_string(m.decoder_dim) + ", " + std::to_string(m.decoder_depth) + ", " +

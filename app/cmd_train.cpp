@@ -61,6 +61,7 @@ void run_classifier(const ClassifierOpts& o, bool finetune) {
   auto lc = model_loader(cfg, true, o.t.batch, o.t.workers, static_cast<uint64_t>(o.t.seed));
   lc.transform.scale_min = o.scale_min;
   lc.skip_bad = o.t.skip_bad;
+  lc.transform.jpeg_dct_scaling = !o.t.exact_jpeg;
   std::string recipe = std::string("command: ") + (finetune ? "finetune" : "train") + "\nmodel: " + cfg.to_json() +
                        "\nlabel_smoothing: " + std::to_string(o.smoothing) + "\nscale_min: " +
                        std::to_string(o.scale_min);

@@ -131,6 +131,7 @@ void add_train_options(CLI::App* sub, TrainOptions& o) {
   sub->add_option("--stop-after", o.stop_after, "save a checkpoint and stop after this step (continue with --resume)");
   sub->add_flag("--no-tensorboard", o.no_tensorboard, "no TensorBoard events file in the run folder");
   sub->add_flag("--skip-bad", o.skip_bad, "skip (and count) bad samples (unreadable images, bad shard members) instead of failing");
+  sub->add_flag("--exact-jpeg", o.exact_jpeg, "decode training JPEGs at full size (no reduced DCT scale for large crops)");
 }
 
 train::TrainConfig train_config(const TrainOptions& o, const std::string& recipe, const c10::Device& device) {

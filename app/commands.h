@@ -63,7 +63,7 @@ struct TrainOptions {
   int64_t epochs = 10, batch = 128, max_steps = 0, seed = 0, checkpoint_every = 0, log_every = 20, stop_after = 0;
   double lr = 1e-3, base_batch = 256, min_lr = 1e-5, weight_decay = 0.05, warmup = 1, clip = 0;
   int workers = 2;
-  bool resume = false, force = false, quiet = false, no_tensorboard = false, skip_bad = false;
+  bool resume = false, force = false, quiet = false, no_tensorboard = false, skip_bad = false, exact_jpeg = false;
 };
 void add_train_options(CLI::App* sub, TrainOptions& o);
 // The trainer's config from the options (lr scaled by batch / base_batch); `recipe` is what

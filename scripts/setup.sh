@@ -12,7 +12,7 @@ PACKAGES=(
   libtorch-dev libopenblas0-pthread          # LibTorch 1.13 (CPU) + a fast BLAS for it
   libgloo-dev                                # headers of the Gloo inside LibTorch's c10d (multi-process)
   libgtest-dev libcli11-dev nlohmann-json3-dev libyaml-cpp-dev
-  zlib1g-dev libpng-dev libturbojpeg0-dev
+  zlib1g-dev libpng-dev libturbojpeg0-dev libjpeg-dev
   dataset-fashion-mnist                      # the embedded default data set
   gnuplot-nox                                # figures of `analyze` / `compare` (pngcairo, svg)
   python3 python3-torch python3-torchvision  # independent reference for parity tests/benchmarks

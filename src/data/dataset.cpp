@@ -15,6 +15,8 @@ Dataset::~Dataset() = default;
 
 std::vector<int64_t> Dataset::shuffled_order(uint64_t /*seed*/, int64_t /*epoch*/) const { return {}; }
 
+std::optional<std::vector<uint8_t>> Dataset::encoded(size_t /*i*/) const { return std::nullopt; }
+
 std::shared_ptr<Dataset> open_dataset(const std::string& spec, const std::string& split, const OpenOptions& options) {
   namespace fs = std::filesystem;
   if (split != "train" && split != "val" && split != "test")

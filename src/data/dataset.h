@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,12 @@ class Dataset {
   // changes the data set). Throws hd::Error naming the file (see source()) when the image
   // cannot be read or decoded.
   virtual torch::Tensor image(size_t i) const = 0;
+
+  // The sample's encoded file (JPEG / PNG bytes) for sources that hold images as files (image
+  // folders, tar shards), so that a loader can decode and transform in one step
+  // (decode_transform.h); std::nullopt (the default) for sources that hold pixels. Same errors
+  // as image().
+  virtual std::optional<std::vector<uint8_t>> encoded(size_t i) const;
 
   // Where sample i comes from, for messages: a path, or "file.gz#123" for packed formats.
   virtual std::string source(size_t i) const = 0;

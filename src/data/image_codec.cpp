@@ -6,10 +6,19 @@
 #include <turbojpeg.h>
 #include <unistd.h>
 
+// jpeglib.h needs FILE and size_t declared first.
+#include <cstddef>
+#include <cstdio>
+#include <jerror.h>
+#include <jpeglib.h>
+
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <csetjmp>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <memory>
 
 #include <torch/torch.h>
@@ -65,6 +74,118 @@ void check_dims(int64_t w, int64_t h, const std::string& source, const char* kin
   if (w * h > kMaxImagePixels)
     throw Error(source + ": " + kind + " of " + std::to_string(w) + "x" + std::to_string(h) + " pixels exceeds the limit of " +
                 std::to_string(kMaxImagePixels) + " pixels");
+}
+
+
+// ---- libjpeg API (region decoding) ----------------------------------------------------------
+// libjpeg reports fatal errors through error_exit, which must not return: it longjmps back to
+// the setjmp in run_region_decode. Everything that function touches lives in RegionJob (memory,
+// not registers), and it owns no C++ object with a destructor, so the jump skips nothing.
+struct RegionJob {
+  jpeg_error_mgr err;
+  jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+  bool premature_eof;
+  // request
+  const uint8_t* data;
+  size_t size;
+  int scale_num;
+  JDIMENSION y0, y1, x0, x1;
+  bool header_only;
+  bool ends_with_eoi;
+  // result
+  int image_width, image_height, scaled_width, scaled_height;
+  bool cmyk;
+  JDIMENSION left, cols;
+  uint8_t* pixels;  // the caller's buffer: rows (y1 - y0) x cols x 3, then one scratch row
+  size_t capacity;
+  const char* bad_request;
+};
+
+void region_error_exit(j_common_ptr cinfo) {
+  auto* job = reinterpret_cast<RegionJob*>(cinfo->err);
+  (*cinfo->err->format_message)(cinfo, job->message);
+  std::longjmp(job->jump, 1);
+}
+
+void region_emit_message(j_common_ptr cinfo, int level) {
+  // Warnings (level -1) are tolerated like TurboJPEG does, except the end-of-data one: libjpeg
+  // would pad the missing rows with gray (see decode_jpeg).
+  if (level < 0 && (cinfo->err->msg_code == JWRN_JPEG_EOF || cinfo->err->msg_code == JWRN_HIT_MARKER))
+    reinterpret_cast<RegionJob*>(cinfo->err)->premature_eof = true;
+  if (level < 0) ++cinfo->err->num_warnings;
+}
+
+// Returns 0 on success, 1 on a libjpeg error (job->message), 2 on a bad request (job->bad_request).
+int run_region_decode(RegionJob* job) {
+  jpeg_decompress_struct cinfo;
+  cinfo.err = jpeg_std_error(&job->err);
+  job->err.error_exit = region_error_exit;
+  job->err.emit_message = region_emit_message;
+  if (setjmp(job->jump)) {
+    jpeg_destroy_decompress(&cinfo);
+    return 1;
+  }
+  jpeg_create_decompress(&cinfo);
+  jpeg_mem_src(&cinfo, job->data, static_cast<unsigned long>(job->size));
+  jpeg_read_header(&cinfo, TRUE);
+  job->image_width = static_cast<int>(cinfo.image_width);
+  job->image_height = static_cast<int>(cinfo.image_height);
+  job->cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
+  if (job->header_only || job->cmyk) {
+    jpeg_destroy_decompress(&cinfo);
+    return 0;
+  }
+  cinfo.out_color_space = JCS_RGB;
+  cinfo.scale_num = static_cast<unsigned>(job->scale_num);
+  cinfo.scale_denom = 8;
+  cinfo.dct_method = JDCT_ISLOW;  // TurboJPEG's default, as decode_jpeg
+  cinfo.do_fancy_upsampling = TRUE;
+  jpeg_start_decompress(&cinfo);
+  job->scaled_width = static_cast<int>(cinfo.output_width);
+  job->scaled_height = static_cast<int>(cinfo.output_height);
+  if (job->y0 >= job->y1 || job->y1 > cinfo.output_height || job->x0 >= job->x1 || job->x1 > cinfo.output_width) {
+    job->bad_request = "the window lies outside the scaled image";
+    jpeg_destroy_decompress(&cinfo);
+    return 2;
+  }
+  // jpeg_crop_scanline's first and last columns can differ from a full decode (the chroma
+  // upsampling replicates the edge of the cropped region instead of reading its neighbour): one
+  // column more is decoded on each side and dropped by the caller.
+  JDIMENSION left = job->x0 > 0 ? job->x0 - 1 : 0;
+  JDIMENSION cols = std::min<JDIMENSION>(job->x1 + 1, cinfo.output_width) - left;
+  if (left > 0 || cols < cinfo.output_width) jpeg_crop_scanline(&cinfo, &left, &cols);
+  job->left = left;
+  job->cols = cols;
+  const size_t row_bytes = size_t{cols} * 3;
+  if (row_bytes * (job->y1 - job->y0 + 1) > job->capacity) {
+    job->bad_request = "the region is larger than its buffer";
+    jpeg_destroy_decompress(&cinfo);
+    return 2;
+  }
+  if (job->y0 > 0) jpeg_skip_scanlines(&cinfo, job->y0);
+  while (cinfo.output_scanline < job->y1) {
+    JSAMPROW row = job->pixels + row_bytes * (cinfo.output_scanline - job->y0);
+    jpeg_read_scanlines(&cinfo, &row, 1);
+  }
+  // A file that ends with the EOI marker is complete (a truncated one ends inside entropy-coded
+  // data, where FF D9 cannot occur), and the rows below the window are not needed. Otherwise the
+  // rest is skipped but its entropy-coded data still read, so that a truncated file is refused
+  // whatever the window. (Skipping to the very end would not read it: libjpeg-turbo then just
+  // moves the row counter, so the last row is decoded.)
+  if (job->ends_with_eoi) {
+    jpeg_destroy_decompress(&cinfo);
+    return 0;
+  }
+  if (cinfo.output_scanline < cinfo.output_height) {
+    if (cinfo.output_height - cinfo.output_scanline > 1)
+      jpeg_skip_scanlines(&cinfo, cinfo.output_height - cinfo.output_scanline - 1);
+    JSAMPROW row = job->pixels + row_bytes * (job->y1 - job->y0);
+    jpeg_read_scanlines(&cinfo, &row, 1);
+  }
+  jpeg_finish_decompress(&cinfo);
+  jpeg_destroy_decompress(&cinfo);
+  return 0;
 }
 
 torch::Tensor decode_jpeg(const uint8_t* data, size_t size, const std::string& source) {
@@ -157,6 +278,77 @@ torch::Tensor decode_image(const uint8_t* data, size_t size, const std::string& 
   if (has_prefix(data, size, kJpeg, sizeof(kJpeg))) return decode_jpeg(data, size, source);
   if (has_prefix(data, size, kPng, sizeof(kPng))) return decode_png(data, size, source);
   throw Error(source + ": not a JPEG or PNG file (unrecognised signature)");
+}
+
+bool read_jpeg_info(const uint8_t* data, size_t size, const std::string& source, JpegInfo& info) {
+  static const unsigned char kJpeg[] = {0xFF, 0xD8, 0xFF};
+  if (!has_prefix(data, size, kJpeg, sizeof(kJpeg))) return false;
+  RegionJob job{};
+  job.data = data;
+  job.size = size;
+  job.header_only = true;
+  if (run_region_decode(&job) != 0) throw Error(source + ": invalid JPEG: " + job.message);
+  check_dims(job.image_width, job.image_height, source, "JPEG");
+  info.width = job.image_width;
+  info.height = job.image_height;
+  info.cmyk = job.cmyk;
+  return true;
+}
+
+int64_t jpeg_scaled_size(int64_t side, int scale_num) { return (side * scale_num + 7) / 8; }
+
+ImageRegion decode_jpeg_region(const uint8_t* data, size_t size, const std::string& source, int scale_num,
+                               int64_t y0, int64_t y1, int64_t x0, int64_t x1, std::vector<uint8_t>& buffer) {
+  if (scale_num < 1 || scale_num > 8) throw Error(source + ": JPEG scale " + std::to_string(scale_num) + "/8 is not in 1/8..8/8");
+  if (y0 < 0 || x0 < 0 || y1 <= y0 || x1 <= x0 || y1 > std::numeric_limits<JDIMENSION>::max() ||
+      x1 > std::numeric_limits<JDIMENSION>::max())
+    throw Error(source + ": invalid JPEG window rows [" + std::to_string(y0) + "," + std::to_string(y1) + ") x columns [" +
+                std::to_string(x0) + "," + std::to_string(x1) + ")");
+  // The header is read (and the size checked) before anything is allocated.
+  JpegInfo info;
+  if (!read_jpeg_info(data, size, source, info)) throw Error(source + ": not a JPEG file");
+  if (info.cmyk) throw Error(source + ": CMYK JPEG: no region decoding (decode_image converts it)");
+  if (y1 > jpeg_scaled_size(info.height, scale_num) || x1 > jpeg_scaled_size(info.width, scale_num))
+    throw Error(source + ": cannot decode JPEG rows [" + std::to_string(y0) + "," + std::to_string(y1) + ") x columns [" +
+                std::to_string(x0) + "," + std::to_string(x1) + ") at scale " + std::to_string(scale_num) +
+                "/8: the window lies outside the scaled image");
+  RegionJob job{};
+  job.data = data;
+  job.size = size;
+  job.scale_num = scale_num;
+  job.y0 = static_cast<JDIMENSION>(y0);
+  job.y1 = static_cast<JDIMENSION>(y1);
+  job.x0 = static_cast<JDIMENSION>(x0);
+  job.x1 = static_cast<JDIMENSION>(x1);
+  job.ends_with_eoi = size >= 4 && data[size - 2] == 0xFF && data[size - 1] == 0xD9;
+  // jpeg_crop_scanline widens the window (plus the column each side) to an iMCU boundary, at
+  // most 4 (horizontal sampling) x 8 pixels; one more row is scratch for the rows skipped below.
+  job.capacity = static_cast<size_t>((y1 - y0 + 1) * (x1 - x0 + 2 + 32) * 3);
+  if (buffer.size() < job.capacity) buffer.resize(job.capacity);
+  job.pixels = buffer.data();
+  const int rc = run_region_decode(&job);
+  if (rc == 1) throw Error(source + ": cannot decode JPEG: " + job.message);
+  if (rc == 2)
+    throw Error(source + ": cannot decode JPEG rows [" + std::to_string(y0) + "," + std::to_string(y1) + ") x columns [" +
+                std::to_string(x0) + "," + std::to_string(x1) + ") at scale " + std::to_string(scale_num) + "/8: " +
+                job.bad_request);
+  if (job.premature_eof) throw Error(source + ": cannot decode JPEG: Premature end of JPEG file");
+  ImageRegion region;
+  region.hwc = torch::from_blob(buffer.data(), {y1 - y0, static_cast<int64_t>(job.cols), 3}, torch::kUInt8)
+                   .narrow(1, x0 - static_cast<int64_t>(job.left), x1 - x0);
+  region.top = y0;
+  region.left = x0;
+  region.image_height = job.scaled_height;
+  region.image_width = job.scaled_width;
+  return region;
+}
+
+ImageRegion decode_jpeg_region(const uint8_t* data, size_t size, const std::string& source, int scale_num,
+                               int64_t y0, int64_t y1, int64_t x0, int64_t x1) {
+  std::vector<uint8_t> buffer;
+  ImageRegion region = decode_jpeg_region(data, size, source, scale_num, y0, y1, x0, x1, buffer);
+  region.hwc = region.hwc.clone();
+  return region;
 }
 
 std::vector<uint8_t> read_file_bytes(const std::string& path) {

@@ -44,6 +44,11 @@ class ImageFolderDataset final : public Dataset {
     return load_image(path(i));
   }
 
+  std::optional<std::vector<uint8_t>> encoded(size_t i) const override {
+    check_index(i);
+    return read_file_bytes(path(i));
+  }
+
   std::string source(size_t i) const override {
     check_index(i);
     return path(i);

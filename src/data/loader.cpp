@@ -7,6 +7,7 @@
 
 #include <torch/torch.h>
 
+#include "data/decode_transform.h"
 #include "util/error.h"
 
 namespace hd::data {
@@ -156,9 +157,21 @@ Batch DataLoader::build_batch(int64_t b) {
     if (stop_.load(std::memory_order_relaxed)) return batch;  // abandoned; nobody will read it
     const int64_t idx = rank_indices_[static_cast<size_t>(pos)];
     const auto uidx = static_cast<size_t>(idx);
-    torch::Tensor raw;
+    std::mt19937_64 rng(sample_seed(cfg_.seed, epoch_, idx));
+    torch::Tensor slot = images[static_cast<int64_t>(labels.size())], raw;
+    bool written = false;
     try {
-      raw = dataset_->image(uidx);
+      // Sources holding encoded files are decoded and transformed in one step, into the batch:
+      // for JPEGs only the part of the image the crop needs, at a reduced DCT scale where the
+      // crop allows (decode_transform.h).
+      std::optional<std::vector<uint8_t>> bytes = dataset_->encoded(uidx);
+      if (bytes) {
+        limit_openmp_to_this_thread();
+        decode_transform(bytes->data(), bytes->size(), dataset_->source(uidx), tc, rng, slot);
+        written = true;
+      } else {
+        raw = dataset_->image(uidx);
+      }
     } catch (const std::exception& e) {
       // Data-set errors already name the file; they propagate unchanged unless skipping.
       if (!cfg_.skip_bad) throw;
@@ -170,17 +183,16 @@ Batch DataLoader::build_batch(int64_t b) {
         std::cerr << "warning: further skipped samples of " << dataset_->name() << " are not reported\n";
       continue;
     }
-    limit_openmp_to_this_thread();
-    std::mt19937_64 rng(sample_seed(cfg_.seed, epoch_, idx));
-    torch::Tensor img;
-    try {
-      img = transform_image(raw, tc, rng);
-    } catch (const std::exception& e) {
-      // Transform failures do not name the file themselves; they are never skipped because they
-      // reveal a configuration problem that would hit every sample.
-      throw Error(dataset_->source(uidx) + ": " + e.what());
+    if (!written) {
+      limit_openmp_to_this_thread();
+      try {
+        slot.copy_(transform_image(raw, tc, rng));
+      } catch (const std::exception& e) {
+        // Transform failures do not name the file themselves; they are never skipped because they
+        // reveal a configuration problem that would hit every sample.
+        throw Error(dataset_->source(uidx) + ": " + e.what());
+      }
     }
-    images[static_cast<int64_t>(labels.size())].copy_(img);
     labels.push_back(dataset_->label(uidx));
     indices.push_back(idx);
   }

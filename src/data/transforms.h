@@ -23,6 +23,10 @@ struct TransformConfig {
   double crop_pct = 0.875;   // eval: resize the shorter side to floor(size / crop_pct), then center crop
   int64_t channels = 3;      // 1 or 3 (see convert_channels)
   std::vector<double> mean{0.485, 0.456, 0.406}, std{0.229, 0.224, 0.225};  // ImageNet statistics
+  // Training from JPEG files (decode_transform): decode at libjpeg's reduced DCT scale M/8 when
+  // the crop stays at least `size` pixels on both sides, instead of at full size. Off (and for
+  // evaluation): the pixels are those of a full-size decode, as transform_image(decode_image()).
+  bool jpeg_dct_scaling = true;
 };
 
 // Throws hd::Error ("transform config: ...") if the configuration cannot work: size < 1, empty or

@@ -158,13 +158,17 @@ class WebDataset final : public Dataset {
   size_t size() const override { return entries_.size(); }
   int64_t label(size_t i) const override { return entry(i).label; }
   torch::Tensor image(size_t i) const override {
+    const std::vector<uint8_t> bytes = *encoded(i);
+    return decode_image(bytes.data(), bytes.size(), source(i));
+  }
+  std::optional<std::vector<uint8_t>> encoded(size_t i) const override {
     const Entry& e = entry(i);
     ShardFile f(shards_[static_cast<size_t>(e.shard)]);
     if (e.offset + e.size > f.size())
       throw Error(source(i) + ": the shard is shorter than when it was opened (" + std::to_string(f.size()) + " bytes)");
     std::vector<uint8_t> bytes(e.size);
     f.read(e.offset, bytes.data(), bytes.size());
-    return decode_image(bytes.data(), bytes.size(), source(i));
+    return bytes;
   }
   std::string source(size_t i) const override {
     const Entry& e = entry(i);
