@@ -74,6 +74,26 @@ for cand in sorted(glob.glob("/root/.pyenv/versions/*/lib/python3*/test/imghdrda
     with open(cand, "rb") as f:
         put("image", "python16.jpg", f.read())
     break
+# Small JPEGs of the layouts decode_transform's region decoding handles differently (4:2:0 and
+# 4:4:4 colour, gray, progressive), when PIL is there (python3-pil, with python3-torchvision).
+try:
+    import io
+    from PIL import Image
+
+    def jpeg(mode, size, **kw):
+        img = Image.new(mode, size)
+        img.putdata([(x * 7 + y * 3) % 256 if mode == "L" else ((x * 7) % 256, (y * 5) % 256, (x * y) % 256)
+                     for y in range(size[1]) for x in range(size[0])])
+        b = io.BytesIO()
+        img.save(b, "JPEG", quality=80, **kw)
+        return b.getvalue()
+
+    put("image", "rgb420_37x29.jpg", jpeg("RGB", (37, 29)))
+    put("image", "rgb444_24x16.jpg", jpeg("RGB", (24, 16), subsampling=0))
+    put("image", "gray_19x23.jpg", jpeg("L", (19, 23)))
+    put("image", "progressive_40x30.jpg", jpeg("RGB", (40, 30), progressive=True))
+except ImportError:
+    pass
 
 # --- recipes (teacher checkpoints t.safetensors / u.safetensors are made by the harness)
 base = """name: seed
