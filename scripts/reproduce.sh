@@ -110,13 +110,19 @@ small_scale() {  # RECIPE SEED -> sets SETS
 
 EVAL=(--train-limit 10000 --pool mean --feature-cache "$OUT/features" "${COMMON[@]}")
 ANALYZE=(--data fashion-mnist --split test -n 512 --batch 64 --layers none "${COMMON[@]}")
-# Teachers first: their own numbers and diagnostics, the reference of every figure.
+# Teachers first: their own numbers (once per setting: a committed record is kept) and their
+# diagnostics, the reference of every figure (always: the figures need them here).
 for t in mae:$MAE sup:$SUP; do
   name=${t%%:*} ckpt=${t#*:}
+  stage "teacher_$name/analyze" 0 "$BIN" analyze -c "$ckpt" "${ANALYZE[@]}"
+  if $PY "$ROOT/scripts/study_record.py" "$RECORDS/teachers/$name.json" --check "${SETTING[@]}" \
+       --need dense_miou --need knn --need probe; then
+    echo "== teacher_$name: recorded in $RECORDS/teachers/$name.json, skipped"
+    continue
+  fi
   stage "teacher_$name/knn" 0 "$BIN" knn -c "$ckpt" "${EVAL[@]}"
   stage "teacher_$name/probe" 0 "$BIN" probe -c "$ckpt" "${EVAL[@]}"
   stage "teacher_$name/dense" 0 "$BIN" dense -c "$ckpt" "${COMMON[@]}"
-  stage "teacher_$name/analyze" 0 "$BIN" analyze -c "$ckpt" "${ANALYZE[@]}"
   $PY "$ROOT/scripts/study_record.py" "$RECORDS/teachers/$name.json" --row "teacher_$name" --seed 0 "${SETTING[@]}" \
     --knn "$OUT/teacher_$name/knn" --probe "$OUT/teacher_$name/probe" --dense "$OUT/teacher_$name/dense" \
     --analyze "$OUT/teacher_$name/analyze"
