@@ -9,6 +9,7 @@
 
 #include "app/commands.h"
 #include "model/vit.h"
+#include "util/subprocess.h"
 #include "util/timer.h"
 
 namespace hd::cli {
@@ -36,20 +37,11 @@ double time_per_iter(F&& fn, int warmup, int iters) {
 
 nlohmann::json run_python(const model::ViTConfig& c, int64_t batch, int threads, int warmup, int iters,
                           train::Precision precision) {
-  std::string cmd = "/usr/bin/python3 '" + source_dir() + "/bench/vit_reference.py' --config '" + c.to_json() +
-                    "' --batch " + std::to_string(batch) + " --threads " + std::to_string(threads) +
-                    " --warmup " + std::to_string(warmup) + " --iters " + std::to_string(iters) +
-                    " --precision " + train::to_string(precision) + " 2>/dev/null";
-  std::unique_ptr<FILE, int (*)(FILE*)> p(popen(cmd.c_str(), "r"), pclose);
-  if (!p) return nullptr;
-  std::string out;
-  char buf[512];
-  while (std::fgets(buf, sizeof buf, p.get())) out += buf;
-  try {
-    return nlohmann::json::parse(out);
-  } catch (const std::exception&) {
-    return nullptr;
-  }
+  return json_result_of("/usr/bin/python3 '" + source_dir() + "/bench/vit_reference.py' --config '" + c.to_json() +
+                            "' --batch " + std::to_string(batch) + " --threads " + std::to_string(threads) +
+                            " --warmup " + std::to_string(warmup) + " --iters " + std::to_string(iters) +
+                            " --precision " + train::to_string(precision) + " 2>/dev/null",
+                        "python reference");
 }
 
 }  // namespace

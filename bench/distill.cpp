@@ -51,6 +51,7 @@
 #include "train/precision.h"
 #include "train/step.h"
 #include "util/error.h"
+#include "util/subprocess.h"
 #include "util/threads.h"
 #include "util/timer.h"
 
@@ -194,25 +195,10 @@ struct Stepper {
 };
 
 nlohmann::json run_python(const std::string& script, const std::string& dir, const Opts& o, int threads) {
-  std::string cmd = "/usr/bin/python3 '" + script + "' --dir '" + dir + "' --threads " + std::to_string(threads) +
-                    " --warmup " + std::to_string(o.warmup) + " --iters " + std::to_string(o.iters) +
-                    (o.bf16 ? " --precision bf16" : "") + " --device " + o.device;
-  std::unique_ptr<FILE, int (*)(FILE*)> p(popen(cmd.c_str(), "r"), pclose);
-  if (!p) return nullptr;
-  std::string out, last;
-  char buf[4096];
-  while (std::fgets(buf, sizeof buf, p.get())) out += buf;
-  // The JSON result is the last non-empty line.
-  size_t end = out.find_last_not_of("\n ");
-  if (end == std::string::npos) return nullptr;
-  size_t start = out.rfind('\n', end);
-  last = out.substr(start == std::string::npos ? 0 : start + 1, end + 1 - (start == std::string::npos ? 0 : start + 1));
-  try {
-    return nlohmann::json::parse(last);
-  } catch (const std::exception&) {
-    std::fprintf(stderr, "python reference failed; its output:\n%s\n", out.c_str());
-    return nullptr;
-  }
+  return hd::json_result_of("/usr/bin/python3 '" + script + "' --dir '" + dir + "' --threads " + std::to_string(threads) +
+                                " --warmup " + std::to_string(o.warmup) + " --iters " + std::to_string(o.iters) +
+                                (o.bf16 ? " --precision bf16" : "") + " --device " + o.device,
+                            "python reference");
 }
 
 // Achieved GFLOP/s of an n x n x n matrix product in `dtype` (the machine's GEMM peak as LibTorch

@@ -28,6 +28,7 @@
 #include "data/image_folder.h"
 #include "data/loader.h"
 #include "data/webdataset.h"
+#include "util/subprocess.h"
 #include "util/timer.h"
 
 using namespace hd::data;
@@ -78,22 +79,8 @@ class DecodedOnly : public Dataset {
 // torchvision's pipeline on the same folder (bench/loader_torchvision.py); null if it failed.
 nlohmann::json run_torchvision(const std::string& root, int workers) {
   const std::string script = (std::filesystem::path(__FILE__).parent_path() / "loader_torchvision.py").string();
-  const std::string cmd = "/usr/bin/python3 '" + script + "' --root '" + root + "' --workers " + std::to_string(workers);
-  std::unique_ptr<FILE, int (*)(FILE*)> p(popen(cmd.c_str(), "r"), pclose);
-  if (!p) return nullptr;
-  std::string out;
-  char buf[4096];
-  while (std::fgets(buf, sizeof buf, p.get())) out += buf;
-  const size_t end = out.find_last_not_of("\n ");
-  if (end == std::string::npos) return nullptr;
-  const size_t start = out.rfind('\n', end);
-  const size_t from = start == std::string::npos ? 0 : start + 1;
-  try {
-    return nlohmann::json::parse(out.substr(from, end + 1 - from));
-  } catch (const std::exception&) {
-    std::fprintf(stderr, "torchvision reference failed; its output:\n%s\n", out.c_str());
-    return nullptr;
-  }
+  return hd::json_result_of("/usr/bin/python3 '" + script + "' --root '" + root + "' --workers " + std::to_string(workers),
+                            "torchvision reference");
 }
 
 struct Result {
