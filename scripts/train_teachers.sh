@@ -43,30 +43,11 @@ SUP_CMD=(train -a "$ARCH" -b "$BATCH" -e "$SUP_EPOCHS" --lr 1e-3 --warmup-epochs
          --eval-split test --eval-limit 5000 -s 0)
 
 # encoder_of RUN PREFIX DEST: the model weights of RUN's latest checkpoint (tensors under PREFIX,
-# prefix stripped) as a plain safetensors file, for k-NN of an unfinished run.
+# prefix stripped; the MAE decoder and mask token left out) as a plain safetensors file, for k-NN
+# of an unfinished run.
 encoder_of() {
-  /usr/bin/python3 - "$1/checkpoint.safetensors" "$2" "$3" <<'EOF'
-import json, struct, sys
-src, prefix, dst = sys.argv[1:]
-with open(src, "rb") as f:
-    n = struct.unpack("<Q", f.read(8))[0]
-    header = json.loads(f.read(n))
-    base = 8 + n
-    out, blobs, off = {}, [], 0
-    for k, v in header.items():
-        if k == "__metadata__" or not k.startswith(prefix) or k.startswith(prefix + "decoder") or k == prefix + "mask_token":
-            continue
-        b, e = v["data_offsets"]
-        f.seek(base + b)
-        blob = f.read(e - b)
-        out[k[len(prefix):]] = {"dtype": v["dtype"], "shape": v["shape"], "data_offsets": [off, off + len(blob)]}
-        blobs.append(blob)
-        off += len(blob)
-h = json.dumps(out).encode()
-h += b" " * ((8 - len(h) % 8) % 8)
-with open(dst, "wb") as f:
-    f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
-EOF
+  /usr/bin/python3 "$ROOT/scripts/safetensors_tool.py" extract "$1/checkpoint.safetensors" "$2" "$3" \
+    --drop decoder --drop mask_token
 }
 
 # teacher NAME PREFIX CMD...: trains epoch by epoch, measuring k-NN after each.
@@ -102,22 +83,9 @@ teacher() {
     [ -f "$run/model.safetensors" ] || { echo "train_teachers: $run has no model.safetensors" >&2; exit 1; }
     # The model file with its provenance added to the safetensors metadata: the command and the
     # final k-NN top-1 (weights and every other entry unchanged).
-    /usr/bin/python3 - "$run/model.safetensors" "$ROOT/teachers/$name.safetensors.tmp" "$*" \
-      "$(tail -n 1 "$curve" | cut -f3)" <<'PYEOF'
-import json, struct, sys
-src, dst, command, knn = sys.argv[1:]
-with open(src, "rb") as f:
-    n = struct.unpack("<Q", f.read(8))[0]
-    header = json.loads(f.read(n))
-    data = f.read()
-meta = header.setdefault("__metadata__", {})
-meta["hybrid_distill.command"] = "hybrid-distill " + command
-meta["hybrid_distill.knn_top1"] = knn
-h = json.dumps(header).encode()
-h += b" " * ((8 - len(h) % 8) % 8)
-with open(dst, "wb") as f:
-    f.write(struct.pack("<Q", len(h)) + h + data)
-PYEOF
+    /usr/bin/python3 "$ROOT/scripts/safetensors_tool.py" annotate "$run/model.safetensors" \
+      "$ROOT/teachers/$name.safetensors.tmp" "hybrid_distill.command=hybrid-distill $*" \
+      "hybrid_distill.knn_top1=$(tail -n 1 "$curve" | cut -f3)"
     mv "$ROOT/teachers/$name.safetensors.tmp" "$ROOT/teachers/$name.safetensors"
     echo "== installed teachers/$name.safetensors"
   fi
