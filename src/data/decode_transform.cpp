@@ -97,15 +97,26 @@ torch::Tensor resample(const ImageRegion& region, const AxisPlan& py, const Axis
     bias[c] = static_cast<float>(-cfg.mean[static_cast<size_t>(c)] / cfg.std[static_cast<size_t>(c)]);
   }
   std::vector<float> acc(static_cast<size_t>(n)), rgbx(static_cast<size_t>(cols * 4), 0.0f);
+  std::vector<float> ring(static_cast<size_t>(py.taps * n));
+  std::vector<int64_t> ring_row(static_cast<size_t>(py.taps), -1);
   for (int64_t r = 0; r < oh; ++r) {
-    // Vertical: one row of the window's columns, interleaved RGB floats.
+    // Vertical: one row of the window's columns, interleaved RGB floats. Each source row is
+    // converted to float once, into a ring of py.taps rows (the rows one output reads are
+    // consecutive, and their first one never moves back).
     float* a = acc.data();
     std::fill(a, a + n, 0.0f);
     const float* wy = py.w.data() + r * py.taps;
+    const int64_t first = py.first[static_cast<size_t>(r)];
     for (int64_t j = 0, nj = py.count[static_cast<size_t>(r)]; j < nj; ++j) {
+      const int64_t y = first + j;
+      float* f = ring.data() + (y % py.taps) * n;
+      if (ring_row[static_cast<size_t>(y % py.taps)] != y) {
+        const uint8_t* s = pixels + (y - region.top) * row_stride + col0 * 3;
+        for (int64_t i = 0; i < n; ++i) f[i] = static_cast<float>(s[i]);
+        ring_row[static_cast<size_t>(y % py.taps)] = y;
+      }
       const float w = wy[j];
-      const uint8_t* s = pixels + (py.first[static_cast<size_t>(r)] + j - region.top) * row_stride + col0 * 3;
-      for (int64_t i = 0; i < n; ++i) a[i] += w * static_cast<float>(s[i]);
+      for (int64_t i = 0; i < n; ++i) a[i] += w * f[i];
     }
     float* q = rgbx.data();
     for (int64_t x = 0; x < cols; ++x) {
