@@ -203,7 +203,10 @@ torch::Tensor decode_transform(const uint8_t* data, size_t size, const std::stri
   thread_local std::vector<uint8_t> buffer;  // one per loader worker, reused for every image
   const ImageRegion region =
       decode_jpeg_region(data, size, source, m, py.used_lo, py.used_hi, px.used_lo, px.used_hi, buffer);
-  return resample(region, py, px, g.flip, cfg, out);
+  torch::Tensor result = resample(region, py, px, g.flip, cfg, out);
+  // A huge photo's window is not kept for the rest of the run.
+  if (buffer.capacity() > (size_t{64} << 20)) std::vector<uint8_t>().swap(buffer);
+  return result;
 }
 
 }  // namespace hd::data
