@@ -16,7 +16,6 @@
 #include <cctype>
 #include <cerrno>
 #include <csetjmp>
-#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -63,6 +62,12 @@ bool has_prefix(const uint8_t* data, size_t size, const unsigned char* sig, size
   return size >= n && std::memcmp(data, sig, n) == 0;
 }
 
+// File signatures: the format is taken from these, never from the name.
+const unsigned char kJpegSignature[] = {0xFF, 0xD8, 0xFF};
+const unsigned char kPngSignature[] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+bool is_jpeg(const uint8_t* data, size_t size) { return has_prefix(data, size, kJpegSignature, sizeof(kJpegSignature)); }
+bool is_png(const uint8_t* data, size_t size) { return has_prefix(data, size, kPngSignature, sizeof(kPngSignature)); }
+
 bool contains_ci(std::string haystack, std::string needle) {
   for (auto& c : haystack) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   for (auto& c : needle) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -75,7 +80,6 @@ void check_dims(int64_t w, int64_t h, const std::string& source, const char* kin
     throw Error(source + ": " + kind + " of " + std::to_string(w) + "x" + std::to_string(h) + " pixels exceeds the limit of " +
                 std::to_string(kMaxImagePixels) + " pixels");
 }
-
 
 // ---- libjpeg API (region decoding) ----------------------------------------------------------
 // libjpeg reports fatal errors through error_exit, which must not return: it longjmps back to
@@ -272,17 +276,14 @@ torch::Tensor to_hwc(const torch::Tensor& u8_chw, const char* what) {
 }  // namespace
 
 torch::Tensor decode_image(const uint8_t* data, size_t size, const std::string& source) {
-  static const unsigned char kJpeg[] = {0xFF, 0xD8, 0xFF};
-  static const unsigned char kPng[] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
   if (size == 0) throw Error(source + ": empty file");
-  if (has_prefix(data, size, kJpeg, sizeof(kJpeg))) return decode_jpeg(data, size, source);
-  if (has_prefix(data, size, kPng, sizeof(kPng))) return decode_png(data, size, source);
+  if (is_jpeg(data, size)) return decode_jpeg(data, size, source);
+  if (is_png(data, size)) return decode_png(data, size, source);
   throw Error(source + ": not a JPEG or PNG file (unrecognised signature)");
 }
 
 bool read_jpeg_info(const uint8_t* data, size_t size, const std::string& source, JpegInfo& info) {
-  static const unsigned char kJpeg[] = {0xFF, 0xD8, 0xFF};
-  if (!has_prefix(data, size, kJpeg, sizeof(kJpeg))) return false;
+  if (!is_jpeg(data, size)) return false;
   RegionJob job{};
   job.data = data;
   job.size = size;
