@@ -188,19 +188,40 @@ def verdict(rel, w):
     return "not resolved"
 
 
+def cpu_tags(runs):
+    """A letter per CPU named in the records (A, B, ... in name order): wall-clock figures are
+    only comparable on one CPU, so the s/run cells say which one."""
+    cpus = sorted({r.get("cpu", "?") for rs in runs.values() for r in rs})
+    return {c: chr(ord("A") + i) for i, c in enumerate(cpus)}
+
+
+def seconds_cell(recs, tags):
+    """Median distillation wall-clock of a row's records, per CPU when the records name several."""
+    by_cpu = {}
+    for r in recs:
+        if r.get("distill", {}).get("seconds"):
+            by_cpu.setdefault(r.get("cpu", "?"), []).append(r["distill"]["seconds"])
+    if not by_cpu:
+        return "–"
+    if len(tags) == 1:
+        return f"{statistics.median(next(iter(by_cpu.values()))):.0f}"
+    return " / ".join(f"{statistics.median(v):.0f} {tags[c]}" for c, v in sorted(by_cpu.items()))
+
+
 def setting_text(runs):
     recs = [r for rs in runs.values() for r in rs]
     if not recs:
         return "No run has finished yet."
     s = recs[0].get("setting", {})
-    cpus = sorted({r.get("cpu", "?") for r in recs})
+    tags = cpu_tags(runs)
+    cpus = [f"{tags[c]}: {c}" if len(tags) > 1 else c for c in sorted(tags)]
     prec = sorted({str(r.get("precision", "?")) for r in recs})
     secs = [r["distill"]["seconds"] for r in recs if r.get("distill", {}).get("seconds")]
     parts = [f"{len(recs)} runs of {len(runs)} rows"]
     if s:
         parts.append("setting: " + ", ".join(f"{k} {v}" for k, v in sorted(s.items())))
     parts.append("precision " + "/".join(prec))
-    parts.append("CPU " + "; ".join(cpus))
+    parts.append(("CPUs (s/run: the median per CPU) " if len(tags) > 1 else "CPU ") + "; ".join(cpus))
     if secs:
         parts.append(f"distillation wall-clock {sum(secs) / 60:.0f} min in all (median {statistics.median(secs):.0f} s "
                      "per run)")
@@ -208,6 +229,7 @@ def setting_text(runs):
 
 
 def tables(runs, teachers, seeds):
+    tags = cpu_tags(runs)
     out = [setting_text(runs), ""]
     if teachers:
         out += ["**Teachers**", "", "| Teacher | dense mIoU | dense token acc. | k-NN | linear probe |", "|---|---|---|---|---|"]
@@ -229,10 +251,9 @@ def tables(runs, teachers, seeds):
                 "|---|" + "---|" * (len(cols) + 2)]
         for run, label, paper in present:
             recs = runs[run]
-            secs = [r["distill"]["seconds"] for r in recs if r.get("distill", {}).get("seconds")]
             cells = [fmt(mean_sd(values(recs, m)), seeds) for m, _ in cols]
             paper = paper if paper is not None else ROW[run][2]
-            sec = f"{statistics.median(secs):.0f}" if secs else "–"
+            sec = seconds_cell(recs, tags)
             out.append(f"| {label or ROW[run][1]} | " + " | ".join(cells) + f" | {sec} | "
                        f"{paper if paper is not None else '–'} |")
         out.append("")

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """scripts/results_table.py on a hand-made record tree (docs/results layout): mean ± sample std
-over seeds, "(n=K)" for a row with fewer seeds, the median wall-clock, the paper's column, a run
+over seeds, "(n=K)" for a row with fewer seeds, the median wall-clock (per CPU when the records
+name several), the paper's column, a run
 standing for another table's identical row, Welch's test against hand-computed values, the
 verdicts, the diagnostics table with the uniform reference, and the rewrite between the
 RESULTS.md markers (an error without them, and for a malformed record)."""
@@ -97,6 +98,16 @@ class ResultsTable(unittest.TestCase):
             text = run("--results", res).stdout
             line = next(l for l in text.splitlines() if l.startswith("| T3: the hybrid beats DeiT features alone"))
             self.assertTrue(line.endswith("| reversed |"), line)
+
+            # Records from two CPUs: the wall-clock per CPU, each CPU with its letter.
+            record(res, "table3_tc", 3, 12.0, 75.0, 200, cpu="Another CPU (no bf16)")
+            text = run("--results", res).stdout
+            self.assertIn("CPUs (s/run: the median per CPU) A: Another CPU (no bf16); B: Test CPU (avx512_bf16)", text)
+            line = next(l for l in text.splitlines() if l.startswith("| Tc (DeiT features only) |"))
+            self.assertTrue(line.endswith("| 200 A / 60 B | 47.5 |"), line)
+            line = next(l for l in text.splitlines() if l.startswith("| Tc + T'm (the hybrid, no masking) |"))
+            self.assertTrue(line.endswith("| 100 B | 50.0 |"), line)
+            os.remove(os.path.join(res, "table3_tc", "seed3.json"))
 
             r = run("--rows")
             self.assertEqual(r.returncode, 0)
