@@ -108,6 +108,7 @@ CLAIMS = [
     ("T7: T'm at {10, 11} beats 1-11", HYBRID, ">", "table7_layers_1-11"),
     ("T7: T'm at {10, 11} beats {11}", HYBRID, ">", "table7_layers_11"),
     ("T8: progressive 70%³ costs at most 1 point against no masking", MASKED, "≈", HYBRID),
+    ("T8: progressive 90%³ costs at most 1 point against no masking", "table8_progressive_90", "≈", HYBRID),
     ("T8: progressive 70%³ beats random masking", MASKED, ">", "table8_random"),
     ("T8: progressive 70%³ beats direct masking", MASKED, ">", "table8_direct"),
     ("T8: progressive 70%³ beats progressive 50%³", MASKED, ">", "table8_progressive_50"),
