@@ -186,37 +186,41 @@ model::Taps TeacherCache::taps(size_t ti, const torch::Tensor& input, const mode
   const int64_t B = input.size(0);
   const int64_t N = (input.size(-2) / c.patch_size) * (input.size(-1) / c.patch_size) + c.num_prefix_tokens();
 
-  // Entries to (re)write: absent, or found damaged.
-  std::vector<bool> write(es.size());
-  bool hit = true;
-  for (size_t i = 0; i < es.size(); ++i) {
-    std::error_code ec;
-    write[i] = !fs::exists(path_of(es[i].key), ec);
-    hit = hit && !write[i];
-  }
+  // Load every stored tap; those absent or found damaged are computed and (re)written.
   model::Taps out;
-  if (hit) {
-    for (size_t i = 0; i < es.size() && hit; ++i) {
-      const auto* k = layer_kind(es[i].kind);
+  model::TapSpec missing;
+  missing.features = false;
+  std::vector<size_t> to_write;
+  for (size_t i = 0; i < es.size(); ++i) {
+    const auto& e = es[i];
+    const auto* k = layer_kind(e.kind);
+    std::error_code ec;
+    if (fs::exists(path_of(e.key), ec)) {
       const std::vector<int64_t> shape = k && k->square ? std::vector<int64_t>{B, c.num_heads, N, N}
                                                         : std::vector<int64_t>{B, N, c.embed_dim};
-      auto v = load(es[i], shape, t);
-      if (!v.defined()) {
-        write[i] = true;
-        hit = false;
-      } else {
-        slot(out, es[i].kind, es[i].layer) = v.to(input.device());
+      auto v = load(e, shape, t);
+      if (v.defined()) {
+        slot(out, e.kind, e.layer) = v.to(input.device());
+        continue;
       }
     }
+    to_write.push_back(i);
+    if (k) (missing.*(k->spec)).insert(e.layer);
+    else missing.features = true;
   }
-  if (hit) {
+  if (to_write.empty()) {
     ++stats_.hits;
     return out;
   }
+  // The teacher runs only as deep as its missing taps need (features need every block).
   ++stats_.misses;
-  out = t.model->forward_taps(input, spec);
-  for (size_t i = 0; i < es.size(); ++i)
-    if (write[i]) store(es[i], slot(out, es[i].kind, es[i].layer));
+  if (to_write.size() < es.size()) ++stats_.partial;
+  auto computed = t.model->forward_taps(input, missing);
+  for (auto i : to_write) {
+    auto& v = slot(out, es[i].kind, es[i].layer);
+    v = slot(computed, es[i].kind, es[i].layer);
+    store(es[i], v);
+  }
   return out;
 }
 
@@ -242,7 +246,9 @@ void TeacherCache::end_batch() {
 
 std::string TeacherCache::summary() const {
   return "teacher cache " + dir_ + ": " + std::to_string(stats_.hits) + " hits, " + std::to_string(stats_.misses) +
-         " misses (teacher forwards skipped / run), " + human_bytes(stats_.bytes_read) + " read, " +
+         " misses (teacher forwards skipped / run" +
+         (stats_.partial ? ", " + std::to_string(stats_.partial) + " of them for the missing taps only" : std::string()) +
+         "), " + human_bytes(stats_.bytes_read) + " read, " +
          human_bytes(stats_.bytes_written) + " written (" + std::to_string(stats_.entries_written) + " entries" +
          (stats_.damaged ? ", " + std::to_string(stats_.damaged) + " damaged, rewritten" : std::string()) + "); " +
          human_bytes(size_) + " of " + human_bytes(max_) + " used";
@@ -252,6 +258,7 @@ std::string TeacherCache::stats_json() const {
   nlohmann::json j = {{"dir", dir_},
                       {"hits", stats_.hits},
                       {"misses", stats_.misses},
+                      {"partial", stats_.partial},
                       {"entries_written", stats_.entries_written},
                       {"damaged", stats_.damaged},
                       {"bytes_read", stats_.bytes_read},

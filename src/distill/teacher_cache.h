@@ -4,8 +4,9 @@
 // One safetensors file per (teacher, input batch, tap): DIR/<2 hex>/<64 hex>.safetensors, the
 // name the SHA-256 of the teacher (checkpoint file content, architecture, dtype), the input
 // exactly as the teacher gets it (dtype, shape, bytes), the autocast state, and the tap (kind and
-// layer). A teacher whose every tap for a batch is present is not run; otherwise it runs with its
-// full tap spec and the missing taps are written (atomically: processes may share the folder).
+// layer). A teacher whose every tap for a batch is present is not run; otherwise the present taps
+// are loaded, the teacher runs only as deep as the missing ones need, and those are written
+// (atomically: processes may share the folder).
 // A damaged entry is reported once on stderr and rewritten. The folder's size is bounded (each
 // process counts the folder as it found it plus its own writes). One object serves the teachers
 // of one distiller, in their order (HybridDistillerImpl::set_teacher_cache).
@@ -23,6 +24,7 @@ namespace hd::distill {
 struct TeacherCacheStats {
   int64_t hits = 0;             // teacher forwards skipped: every tap loaded
   int64_t misses = 0;           // teacher forwards run
+  int64_t partial = 0;          // of those, run for the missing taps only (the rest loaded)
   int64_t entries_written = 0;
   int64_t damaged = 0;          // entries that failed validation and were recomputed
   uint64_t bytes_read = 0, bytes_written = 0;
@@ -38,7 +40,8 @@ class TeacherCache {
   void add_teacher(const Teacher& t);
 
   // What teacher `ti`'s forward_taps(input, spec) returns: loaded when the folder holds every
-  // tap, else computed (and the missing taps stored). Tensors come back on input's device.
+  // tap, else the stored taps loaded and the missing ones computed (and stored). Tensors come
+  // back on input's device.
   model::Taps taps(size_t ti, const torch::Tensor& input, const model::TapSpec& spec);
 
   // The batches this run still brings, per process, and the processes writing at once: after

@@ -262,8 +262,9 @@ Taps VisionTransformerImpl::forward_tokens(torch::Tensor x, const TapSpec& spec)
     if (spec.features) {
       last = cfg_.depth - 1;
     } else {
-      last = -1;
-      for (const auto* s : {&spec.block_input, &spec.block, &spec.msa, &spec.relation, &spec.attn})
+      // Block i's input is there before block i runs.
+      last = spec.block_input.empty() ? -1 : *spec.block_input.rbegin() - 1;
+      for (const auto* s : {&spec.block, &spec.msa, &spec.relation, &spec.attn})
         if (!s->empty()) last = std::max(last, *s->rbegin());
     }
   }
@@ -288,6 +289,7 @@ Taps VisionTransformerImpl::forward_tokens(torch::Tensor x, const TapSpec& spec)
     if (attn.defined()) out.attn[i] = attn;
     if (spec.block.count(i)) out.block[i] = x;
   }
+  if (spec.block_input.count(last + 1)) out.block_input[last + 1] = x;
   if (spec.features) out.features = final_norm(x);
   return out;
 }

@@ -44,8 +44,9 @@ struct TapSpec {
   std::set<int64_t> relation;     // Q·Kᵀ · head_dim^-0.5 per head (the softmax input), [B,H,N,N]
   std::set<int64_t> attn;         // attention probabilities, [B,H,N,N]
   bool features = true;           // run every block and the final norm, return `features`
-  // Deepest block to run. -1: derived (all blocks if `features`, else the deepest tapped layer),
-  // so a teacher computes only what is needed.
+  // Deepest block to run. -1: derived (all blocks if `features`, else the deepest block a tap
+  // needs; block i's input needs the blocks before i only), so a teacher computes only what is
+  // needed.
   int64_t stop_after = -1;
 };
 

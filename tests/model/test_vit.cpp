@@ -177,6 +177,23 @@ TEST(ViT, TapsStopEarlyAndAgreeWithFullForward) {
   TapSpec stop;
   stop.stop_after = 1;  // features need all blocks
   EXPECT_THROW(m->forward_taps(x, stop), hd::Error);
+
+  // Block i's input needs blocks 0 .. i-1 only. Blocks 1 and 2 in float64 throw when run on
+  // float32 tokens; the input of block 1 (and the embedding) still come out exact.
+  {
+    for (int64_t i : {1, 2}) m->blocks[i]->to(torch::kFloat64);
+    EXPECT_THROW(m->forward_taps(x, all), std::exception);  // running them throws
+    TapSpec inputs;
+    inputs.features = false;
+    inputs.block_input = {0, 1};
+    auto q = m->forward_taps(x, inputs);
+    expect_close(q.block_input[0], full.block_input[0], 0, "embedding");
+    expect_close(q.block_input[1], full.block_input[1], 0, "input of block 1, block 1 not run");
+    TapSpec first;
+    first.features = false;
+    first.block_input = {0};
+    expect_close(m->forward_taps(x, first).block_input[0], full.block_input[0], 0, "no block run");
+  }
 }
 
 TEST(ViT, QuickGeluNormPreMeanPoolVariant) {
