@@ -2,12 +2,14 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
 #include "app/cli_util.h"
+#include "data/image_codec.h"
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 
@@ -202,4 +204,64 @@ TEST(Cli, PthCheckpointsInFeaturesExportKnnAndDistill) {
   r = run("distill -r " + dir + "/r.yaml -o " + dir + "/run --max-steps 2 -t 1");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_TRUE(fs::exists(dir + "/run/student.safetensors"));
+}
+
+// --exact-jpeg reaches the decoder of every training command: on large JPEGs (crops decoded at a
+// reduced DCT scale by default) the second step's loss with the flag (the first one's is ln 2 for
+// `train`, whose head starts at zero) equals the loss on PNG copies of the full-size decode (the
+// generic path), and differs without it.
+TEST(Cli, ExactJpegDecodesTrainingJpegsAtFullSize) {
+  auto dir = scratch("cli", "ExactJpegDecodesTrainingJpegsAtFullSize");
+  torch::manual_seed(5);
+  for (int i = 0; i < 4; ++i) {
+    const std::string cls = i % 2 ? "/b" : "/a", stem = "/img" + std::to_string(i);
+    // Textured 256x256 colour images: a reduced scale visibly low-passes them.
+    auto img = torch::nn::functional::interpolate(
+        torch::rand({1, 3, 64, 64}),
+        torch::nn::functional::InterpolateFuncOptions().size(std::vector<int64_t>{256, 256}).mode(torch::kNearest));
+    auto u8 = (img[0] * 255).to(torch::kUInt8).contiguous();
+    fs::create_directories(dir + "/jpg" + cls);
+    fs::create_directories(dir + "/png" + cls);
+    const auto jpeg = data::encode_jpeg(u8, 85);
+    data::write_file_bytes(dir + "/jpg" + cls + stem + ".jpg", jpeg);
+    const auto full = data::decode_image(jpeg.data(), jpeg.size(), "x.jpg");
+    data::write_file_bytes(dir + "/png" + cls + stem + ".png", data::encode_png(full));
+  }
+  ASSERT_EQ(run("init --arch vit_mini_patch4_28 --num-classes 0 --seed 1 -o " + dir + "/t.safetensors").code, 0);
+  {
+    std::ofstream r(dir + "/r.yaml");
+    r << "student: {arch: vit_mini_patch4_28}\n"
+         "teachers: [{name: t, checkpoint: t.safetensors, targets: [{kind: features}]}]\n"
+         "data: {workers: 1}\ntrain: {batch: 4, epochs: 2, log_every: 1}\n";
+  }
+  const std::string common = " --max-steps 2 -t 2 -q --precision fp32 --no-tensorboard";
+  const std::string train = " --arch vit_mini_patch4_28 -b 4 -j 1 --log-every 1 --lr 0.01 --warmup-epochs 0" + common;
+  struct Command {
+    std::string name, args;  // args: {data} stands for the image folder
+  };
+  const std::vector<Command> commands = {
+      {"train", "train -d {data}" + train},
+      {"pretrain-mae", "pretrain-mae -d {data} --decoder-dim 32 --decoder-depth 1" + train},
+      {"distill", "distill -r " + dir + "/r.yaml --set data.dataset={data}" + common},
+  };
+  for (const auto& c : commands) {
+    SCOPED_TRACE(c.name);
+    auto second_loss = [&](const std::string& data, const std::string& flag) {
+      const auto out = dir + "/" + c.name + "_" + fs::path(data).filename().string() + (flag.empty() ? "" : "_exact");
+      auto args = c.args;
+      args.replace(args.find("{data}"), 6, dir + "/" + data);
+      const auto r = run(args + flag + " -o " + out);
+      EXPECT_EQ(r.code, 0) << r.out;
+      std::ifstream in(out + "/metrics.jsonl");
+      std::string line;
+      std::getline(in, line);
+      std::getline(in, line);
+      return line.empty() ? std::nan("") : nlohmann::json::parse(line).at("loss").get<double>();
+    };
+    const double exact = second_loss("jpg", " --exact-jpeg"), png = second_loss("png", ""),
+                 scaled = second_loss("jpg", "");
+    ASSERT_TRUE(std::isfinite(exact) && std::isfinite(png) && std::isfinite(scaled));
+    EXPECT_NEAR(exact, png, 1e-5 * std::abs(png) + 1e-7);
+    EXPECT_GT(std::abs(scaled - exact), 1e-4 * std::abs(exact)) << "the default decodes at a reduced scale";
+  }
 }
