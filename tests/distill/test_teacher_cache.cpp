@@ -68,6 +68,14 @@ void expect_same(const DistillOutput& a, const DistillOutput& b) {
   for (size_t i = 0; i < a.targets.size(); ++i) EXPECT_TRUE(torch::equal(a.targets[i].second, b.targets[i].second));
 }
 
+// Runs the default row (progressive masking by `mim`) once on x, filling DIR/cache: mim's relations
+// and block inputs 0, 1, 2; sup's features and block 0.
+void fill_cache(const TempDir& dir, const torch::Tensor& x) {
+  auto d = make_distiller(parse_recipe(make_recipe(dir.path()), "r.yaml"));
+  d->set_teacher_cache(std::make_shared<TeacherCache>(dir.file("cache"), 1ull << 30));
+  d->forward(x);
+}
+
 std::vector<fs::path> entries(const std::string& dir) {
   std::vector<fs::path> out;
   for (auto& e : fs::recursive_directory_iterator(dir))
@@ -123,11 +131,9 @@ TEST(TeacherCache, HitsEqualTheUncachedForwardExactly) {
 TEST(TeacherCache, RowsShareTheTapsTheyHaveInCommon) {
   TempDir dir("hd_tcache");
   auto x = torch::randn({4, 1, 28, 28});
-  // The progressive row stores the mask's block inputs and the relations ...
-  auto d = make_distiller(parse_recipe(make_recipe(dir.path()), "r.yaml"));
-  d->set_teacher_cache(std::make_shared<TeacherCache>(dir.file("cache"), 1ull << 30));
-  d->forward(x);
-  // ... so the row without masking (relations only) hits for both teachers.
+  // The progressive row stores the mask's block inputs and the relations, so the row without
+  // masking (relations only) hits for both teachers.
+  fill_cache(dir, x);
   auto none = parse_recipe(make_recipe(dir.path(), "{strategy: none}"), "r.yaml");
   auto dn = make_distiller(none);
   auto plain = dn->forward(x, true);
@@ -142,9 +148,7 @@ TEST(TeacherCache, StoredTapsAreLoadedAndOnlyTheMissingOnesComputed) {
   TempDir dir("hd_tcache");
   auto x = torch::randn({4, 1, 28, 28});
   // The row masked by `mim` stores sup's features and block 0 ...
-  auto d = make_distiller(parse_recipe(make_recipe(dir.path()), "r.yaml"));
-  d->set_teacher_cache(std::make_shared<TeacherCache>(dir.file("cache"), 1ull << 30));
-  d->forward(x);
+  fill_cache(dir, x);
   const auto stored = entries(dir.file("cache")).size();
   // ... so the row masked by `sup` (which adds its block inputs 0 and 1) loads those and runs sup
   // for the block inputs alone: block 0 only. sup's block 1, turned float64 after the uncached
