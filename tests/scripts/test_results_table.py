@@ -109,6 +109,22 @@ class ResultsTable(unittest.TestCase):
             self.assertTrue(line.endswith("| 100 B | 50.0 |"), line)
             os.remove(os.path.join(res, "table3_tc", "seed3.json"))
 
+            # A "level" claim (Table 13 without masking): within ±1 point holds, a difference beyond
+            # one point shown fails, a wide interval is not resolved.
+            def level_verdict(hybrid, longer):
+                for seed, (h, l) in enumerate(zip(hybrid, longer)):
+                    record(res, "table3_tc_tm_rel", seed, h, 70.0, 100)
+                    record(res, "table13_deit_nomask_300ep", seed, l, 70.0, 300)
+                text = run("--results", res).stdout
+                return next(l for l in text.splitlines() if l.startswith("| T13: without masking, a 3× schedule"))
+            # d = +0.1, se = 0.0816, df = 4: [-0.13, +0.33].
+            line = level_verdict((5.0, 5.1, 4.9), (5.1, 5.2, 5.0))
+            self.assertIn("| +0.10 [-0.13, +0.33], p = 0.288 |", line)
+            self.assertTrue(line.endswith("| holds |"), line)
+            self.assertTrue(level_verdict((5.0, 5.1, 4.9), (7.0, 7.1, 6.9)).endswith("| fails |"))
+            self.assertTrue(level_verdict((5.0, 5.1, 4.9), (4.0, 5.0, 6.0)).endswith("| not resolved |"))
+            os.remove(os.path.join(res, "table13_deit_nomask_300ep", "seed0.json"))
+
             r = run("--rows")
             self.assertEqual(r.returncode, 0)
             self.assertTrue(r.stdout.startswith("table3_tc_tm_rel|"))
