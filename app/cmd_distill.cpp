@@ -37,12 +37,11 @@ distill::HybridDistiller build_distiller(const distill::Recipe& r, const c10::De
 
 void add_distill(CLI::App& app) {
   auto* sub = app.add_subcommand("distill", "Train a student ViT from frozen teachers as a recipe describes");
-  struct Opts {
+  struct Opts : RunControl {
     std::string recipe, out, teacher_cache;
     double teacher_cache_gb = 20;
     std::vector<std::string> set;
-    bool resume = false, force = false, quiet = false, no_tensorboard = false, skip_bad = false, exact_jpeg = false;
-    int64_t max_steps = -1, stop_after = 0;
+    int64_t max_steps = -1;
     Runtime rt;
   };
   auto o = std::make_shared<Opts>();
@@ -50,14 +49,8 @@ void add_distill(CLI::App& app) {
   sub->add_option("--set", o->set,
                   "override a recipe key, KEY=VALUE (repeatable), e.g. train.epochs=3 or teachers.mim.checkpoint=F");
   sub->add_option("-o,--out", o->out, "run folder (default: runs/<recipe name>)");
-  sub->add_flag("--resume", o->resume, "continue from the run folder's checkpoint");
-  sub->add_flag("--force", o->force, "start over in a used run folder, or resume despite a changed recipe");
   sub->add_option("--max-steps", o->max_steps, "stop after this many steps (-1: the recipe's)");
-  sub->add_flag("-q,--quiet", o->quiet, "no progress output");
-  sub->add_option("--stop-after", o->stop_after, "save a checkpoint and stop after this step (continue with --resume)");
-  sub->add_flag("--no-tensorboard", o->no_tensorboard, "no TensorBoard events file in the run folder");
-  sub->add_flag("--skip-bad", o->skip_bad, "skip (and count) bad samples (unreadable images, bad shard members) instead of failing");
-  sub->add_flag("--exact-jpeg", o->exact_jpeg, "decode training JPEGs at full size (no reduced DCT scale for large crops)");
+  add_run_control(sub, *o, "a changed recipe");
   sub->add_option("--teacher-cache", o->teacher_cache,
                   "folder of teacher outputs keyed by content, shared by runs with the same teachers and views "
                   "(see data.seed): each teacher forward is computed once");
@@ -71,16 +64,9 @@ void add_distill(CLI::App& app) {
     std::string run_dir = o->out.empty() ? "runs/" + r.name : o->out;
     auto ds = data::open_dataset(r.data.dataset, r.data.split, {o->skip_bad});
     auto lc = distill::loader_config(r);
-    lc.skip_bad = o->skip_bad;
-    lc.transform.jpeg_dct_scaling = !o->exact_jpeg;
-
     auto tc = distill::train_config(r, run_dir);
-    tc.resume = o->resume;
-    tc.force = o->force;
     tc.device = device;
-    tc.quiet = o->quiet;
-    tc.stop_at = o->stop_after;
-    tc.tensorboard = !o->no_tensorboard;
+    apply_run_control(*o, tc, lc);
     setup_training(o->rt, tc, lc);
     auto d = build_distiller(r, device, tc.precision);
     data::DataLoader loader(ds, lc);

@@ -47,14 +47,13 @@ void add_pretrain(CLI::App& app) {
     auto ds = data::open_dataset(o->t.data, o->t.split, {o->t.skip_bad});
     auto lc = model_loader(cfg, true, o->t.batch, o->t.workers, static_cast<uint64_t>(o->t.seed));
     lc.transform.scale_min = o->scale_min;
-    lc.skip_bad = o->t.skip_bad;
-    lc.transform.jpeg_dct_scaling = !o->t.exact_jpeg;
     const auto& m = o->mae;
     std::string recipe = "command: pretrain-mae\nmodel: " + cfg.to_json() + "\nmask_ratio: " + std::to_string(m.mask_ratio) +
                          "\ndecoder: [" + std::to_string(m.decoder_dim) + ", " + std::to_string(m.decoder_depth) + ", " +
                          std::to_string(m.decoder_heads) + "]\nnorm_pix_loss: " + (m.norm_pix_loss ? "true" : "false") +
                          "\nscale_min: " + std::to_string(o->scale_min);
     auto tc = train_config(o->t, recipe, device);
+    apply_run_control(o->t, tc, lc);
     const bool main_rank = setup_training(o->rt, tc, lc);
     data::DataLoader loader(ds, lc);
     if (!tc.quiet)

@@ -60,14 +60,13 @@ void run_classifier(const ClassifierOpts& o, bool finetune) {
   train::ClassifyTask task(m, o.smoothing, finetune ? o.layer_decay : 1.0);
   auto lc = model_loader(cfg, true, o.t.batch, o.t.workers, static_cast<uint64_t>(o.t.seed));
   lc.transform.scale_min = o.scale_min;
-  lc.skip_bad = o.t.skip_bad;
-  lc.transform.jpeg_dct_scaling = !o.t.exact_jpeg;
   std::string recipe = std::string("command: ") + (finetune ? "finetune" : "train") + "\nmodel: " + cfg.to_json() +
                        "\nlabel_smoothing: " + std::to_string(o.smoothing) + "\nscale_min: " +
                        std::to_string(o.scale_min);
   if (finetune)
     recipe += "\ncheckpoint: " + o.checkpoint + "\nlayer_decay: " + std::to_string(o.layer_decay);
   auto tc = train_config(o.t, recipe, device);
+  apply_run_control(o.t, tc, lc);
   const bool main_rank = setup_training(o.rt, tc, lc);
   data::DataLoader loader(ds, lc);
   if (!tc.quiet)

@@ -125,13 +125,27 @@ void add_train_options(CLI::App* sub, TrainOptions& o) {
   sub->add_option("-s,--seed", o.seed, "seed");
   sub->add_option("--checkpoint-every", o.checkpoint_every, "steps between checkpoints (0: epoch ends only)");
   sub->add_option("--log-every", o.log_every, "steps between progress lines");
+  add_run_control(sub, o, "changed options");
+}
+
+void add_run_control(CLI::App* sub, RunControl& o, const std::string& changed) {
   sub->add_flag("--resume", o.resume, "continue from the run folder's checkpoint");
-  sub->add_flag("--force", o.force, "start over in a used run folder, or resume despite changed options");
+  sub->add_flag("--force", o.force, "start over in a used run folder, or resume despite " + changed);
   sub->add_flag("-q,--quiet", o.quiet, "no progress output");
   sub->add_option("--stop-after", o.stop_after, "save a checkpoint and stop after this step (continue with --resume)");
   sub->add_flag("--no-tensorboard", o.no_tensorboard, "no TensorBoard events file in the run folder");
   sub->add_flag("--skip-bad", o.skip_bad, "skip (and count) bad samples (unreadable images, bad shard members) instead of failing");
   sub->add_flag("--exact-jpeg", o.exact_jpeg, "decode training JPEGs at full size (no reduced DCT scale for large crops)");
+}
+
+void apply_run_control(const RunControl& o, train::TrainConfig& tc, data::LoaderConfig& lc) {
+  tc.resume = o.resume;
+  tc.force = o.force;
+  tc.quiet = o.quiet;
+  tc.stop_at = o.stop_after;
+  tc.tensorboard = !o.no_tensorboard;
+  lc.skip_bad = o.skip_bad;
+  lc.transform.jpeg_dct_scaling = !o.exact_jpeg;
 }
 
 train::TrainConfig train_config(const TrainOptions& o, const std::string& recipe, const c10::Device& device) {
@@ -148,11 +162,6 @@ train::TrainConfig train_config(const TrainOptions& o, const std::string& recipe
   tc.seed = static_cast<uint64_t>(o.seed);
   tc.log_every = o.log_every;
   tc.checkpoint_every = o.checkpoint_every;
-  tc.resume = o.resume;
-  tc.force = o.force;
-  tc.quiet = o.quiet;
-  tc.stop_at = o.stop_after;
-  tc.tensorboard = !o.no_tensorboard;
   tc.device = device;
   std::ostringstream r;
   r << recipe << "\ndata: " << o.data << ":" << o.split << "\nepochs: " << o.epochs << "\nbatch: " << o.batch

@@ -57,17 +57,29 @@ c10::Device apply_runtime(const Runtime& rt);
 // batches for CUDA. Returns whether this process is the one that prints and writes (rank 0).
 bool setup_training(const Runtime& rt, train::TrainConfig& tc, data::LoaderConfig& lc);
 
-// The training-loop options every training command shares (train, finetune, pretrain-mae).
-struct TrainOptions {
+// How a training run is driven, the same for every training command (train, finetune,
+// pretrain-mae, distill): resuming, stopping, output, and the handling of bad or JPEG inputs.
+struct RunControl {
+  bool resume = false, force = false, quiet = false, no_tensorboard = false, skip_bad = false, exact_jpeg = false;
+  int64_t stop_after = 0;
+};
+// The flags --resume, --force, -q, --stop-after, --no-tensorboard, --skip-bad, --exact-jpeg;
+// `changed` says what --force lets a resumed run differ in ("changed options", "a changed recipe").
+void add_run_control(CLI::App* sub, RunControl& o, const std::string& changed);
+// Hands the run-control flags to the trainer and the loader.
+void apply_run_control(const RunControl& o, train::TrainConfig& tc, data::LoaderConfig& lc);
+
+// The training-loop options of the commands that take them from the command line (train,
+// finetune, pretrain-mae; distill reads them from its recipe).
+struct TrainOptions : RunControl {
   std::string data = "fashion-mnist", split = "train", out;
-  int64_t epochs = 10, batch = 128, max_steps = 0, seed = 0, checkpoint_every = 0, log_every = 20, stop_after = 0;
+  int64_t epochs = 10, batch = 128, max_steps = 0, seed = 0, checkpoint_every = 0, log_every = 20;
   double lr = 1e-3, base_batch = 256, min_lr = 1e-5, weight_decay = 0.05, warmup = 1, clip = 0;
   int workers = 2;
-  bool resume = false, force = false, quiet = false, no_tensorboard = false, skip_bad = false, exact_jpeg = false;
 };
 void add_train_options(CLI::App* sub, TrainOptions& o);
 // The trainer's config from the options (lr scaled by batch / base_batch); `recipe` is what
-// --resume must find unchanged.
+// --resume must find unchanged. The run-control flags come in with apply_run_control.
 train::TrainConfig train_config(const TrainOptions& o, const std::string& recipe, const c10::Device& device);
 // A loader producing `cfg`'s input: training (RandomResizedCrop + flip, shuffled, full batches
 // only) or evaluation (resize + center crop, every image in order).
