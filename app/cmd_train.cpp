@@ -22,7 +22,7 @@ namespace {
 
 struct ClassifierOpts {
   TrainOptions t;
-  std::string arch = "vit_tiny_patch4_28", checkpoint, eval_split = "test";
+  std::string arch = "vit_tiny_patch4_28", checkpoint, eval_split = "test", pool;
   int64_t eval_limit = 0;
   double smoothing = 0.1, drop_path = 0.1, scale_min = 0.6, layer_decay = 0.75;
   Runtime rt;
@@ -33,6 +33,7 @@ void run_classifier(const ClassifierOpts& o, bool finetune) {
   auto ds = data::open_dataset(o.t.data, o.t.split, {o.t.skip_bad});
   model::ViTConfig cfg = finetune ? model::checkpoint_config(o.checkpoint, o.arch) : model::preset(o.arch);
   cfg.drop_path = o.drop_path;
+  if (!o.pool.empty()) cfg.pool = o.pool == "mean" ? model::Pooling::Mean : model::Pooling::Token;
   cfg.num_classes = static_cast<int64_t>(ds->class_names().size());  // the head follows the data set
   cfg.validate();
   torch::manual_seed(static_cast<uint64_t>(o.t.seed));
@@ -117,6 +118,11 @@ void add_classifier_command(CLI::App& app, bool finetune) {
   sub->add_option("--eval-limit", o->eval_limit, "evaluate on this many images, a fixed random subset (0: all)");
   sub->add_option("--label-smoothing", o->smoothing, "label smoothing");
   sub->add_option("--drop-path", o->drop_path, "stochastic depth rate");
+  sub->add_option("--pool", o->pool,
+                  std::string("what the classifier reads: token (the CLS token) or mean (the mean of the patch tokens "
+                              "after the final norm: the features knn / probe --pool mean read); "
+                              "default: the ") + (finetune ? "checkpoint's" : "preset's"))
+      ->check(CLI::IsMember({"token", "mean"}));
   sub->add_option("--scale-min", o->scale_min, "RandomResizedCrop minimum area fraction");
   add_training_runtime_options(sub, o->rt);
   sub->callback([o, finetune] { run_classifier(*o, finetune); });

@@ -9,6 +9,7 @@
 
 #include "app/cli_util.h"
 #include "io/safetensors.h"
+#include "model/checkpoint.h"
 
 namespace fs = std::filesystem;
 using namespace hd::testing;
@@ -95,6 +96,17 @@ TEST(Pipeline, TeachersDistillAndEvaluate) {
   EXPECT_FALSE(student.contains("head.weight"));
   for (const char* k : {"blocks.0.attn.qkv.weight", "blocks.5.mlp.fc2.bias", "pos_embed", "norm.weight"})
     EXPECT_LT((tuned.load(k) - student.load(k)).abs().max().item<double>(), 1e-6) << k;
+  EXPECT_EQ(hd::model::checkpoint_config(dir + "/ft/model.safetensors").pool, hd::model::Pooling::Token);
+
+  // --pool mean: the classifier reads the mean of the patch tokens (what knn / probe --pool mean
+  // read), recorded in the fine-tuned model's config; other values are refused.
+  r = run("finetune -c " + dir + "/hybrid/student.safetensors --pool mean --max-steps 2 -b 32 --eval-limit 100 -o " +
+          dir + "/ft_mean" + t);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(hd::model::checkpoint_config(dir + "/ft_mean/model.safetensors").pool, hd::model::Pooling::Mean);
+  r = run("finetune -c " + dir + "/hybrid/student.safetensors --pool max -o " + dir + "/ft_max" + t);
+  EXPECT_NE(r.code, 0);
+  EXPECT_TRUE(contains(r.out, "--pool")) << r.out;
 }
 
 TEST(Pipeline, BadEvaluationInputsAreRefused) {
