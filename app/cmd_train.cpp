@@ -22,11 +22,38 @@ namespace {
 
 struct ClassifierOpts {
   TrainOptions t;
-  std::string arch = "vit_tiny_patch4_28", checkpoint, eval_split = "test", pool;
-  int64_t eval_limit = 0;
+  std::string arch = "vit_tiny_patch4_28", checkpoint, eval_split = "test", pool, head_init = "zero";
+  int64_t eval_limit = 0, head_init_images = 10000;
   double smoothing = 0.1, drop_path = 0.1, scale_min = 0.6, layer_decay = 0.75;
   Runtime rt;
 };
+
+// Sets the classifier head to a linear probe fitted on the frozen model's pre-logit features
+// (what the head reads: the pooled tokens, after fc_norm where the model has one) of at most
+// `images` training images, a fixed random subset (LP-FT: fine-tuning starts at the probe's
+// accuracy instead of from a zero head on unwhitened features). Returns the probe's train top-1.
+double init_head_from_probe(model::VisionTransformer& m, const std::shared_ptr<data::Dataset>& ds, int64_t images,
+                            int64_t batch, int workers, uint64_t seed, const c10::Device& device) {
+  const auto& cfg = m->config();
+  if (!m->head || !cfg.head_bias) throw Error("--head-init probe: the model's classifier head has no bias");
+  auto lc = model_loader(cfg, false, batch, workers, seed);
+  lc.shuffle = images > 0 && images < static_cast<int64_t>(ds->size());
+  data::DataLoader loader(ds, lc);
+  std::vector<torch::Tensor> feats, labels;
+  eval::eval_batches(m, loader, images, [&](const torch::Tensor& x, const torch::Tensor& y) {
+    feats.push_back(m->forward_head(m->forward_features(x.to(device)), /*pre_logits=*/true).to(torch::kFloat).cpu());
+    labels.push_back(y);
+  });
+  eval::FeatureSet train{torch::cat(feats), torch::cat(labels)};
+  eval::ProbeConfig pc;
+  pc.seed = seed;
+  auto probe = eval::linear_probe(train, train, cfg.num_classes, pc);
+  auto [w, b] = eval::probe_as_linear(probe);
+  torch::NoGradGuard ng;
+  m->head->weight.copy_(w.to(m->head->weight.device()));
+  m->head->bias.copy_(b.to(m->head->bias.device()));
+  return probe.train_top1;
+}
 
 void run_classifier(const ClassifierOpts& o, bool finetune) {
   auto device = apply_runtime(o.rt);
@@ -38,6 +65,7 @@ void run_classifier(const ClassifierOpts& o, bool finetune) {
   cfg.validate();
   torch::manual_seed(static_cast<uint64_t>(o.t.seed));
   model::VisionTransformer m(cfg);
+  double head_probe_top1 = -1;
   if (finetune) {
     // Every weight but the classifier, which is new (zero) for the data set's classes. Any file
     // the published-checkpoint reader accepts (timm / OpenAI CLIP / torchvision names, .pth,
@@ -57,6 +85,16 @@ void run_classifier(const ClassifierOpts& o, bool finetune) {
         std::printf("ignoring %zu tensor(s) of %s the model has no place for (first: %s)\n", rep.unexpected.size(),
                     o.checkpoint.c_str(), rep.unexpected.front().c_str());
     }
+    if (o.head_init == "probe") {
+      m->to(device);
+      const double acc = head_probe_top1 = init_head_from_probe(m, ds, o.head_init_images, o.t.batch, o.t.workers,
+                                                                  static_cast<uint64_t>(o.t.seed), device);
+      if (!o.t.quiet)
+        std::printf("head: a linear probe on %s training images' frozen features (train top-1 %.2f%%)\n",
+                    o.head_init_images > 0 ? with_commas(std::min<int64_t>(o.head_init_images, ds->size())).c_str()
+                                           : with_commas(ds->size()).c_str(),
+                    100 * acc);
+    }
   }
   train::ClassifyTask task(m, o.smoothing, finetune ? o.layer_decay : 1.0);
   auto lc = model_loader(cfg, true, o.t.batch, o.t.workers, static_cast<uint64_t>(o.t.seed));
@@ -65,7 +103,9 @@ void run_classifier(const ClassifierOpts& o, bool finetune) {
                        "\nlabel_smoothing: " + std::to_string(o.smoothing) + "\nscale_min: " +
                        std::to_string(o.scale_min);
   if (finetune)
-    recipe += "\ncheckpoint: " + o.checkpoint + "\nlayer_decay: " + std::to_string(o.layer_decay);
+    recipe += "\ncheckpoint: " + o.checkpoint + "\nlayer_decay: " + std::to_string(o.layer_decay) +
+              "\nhead_init: " + o.head_init +
+              (o.head_init == "probe" ? " (" + std::to_string(o.head_init_images) + " images)" : std::string());
   auto tc = train_config(o.t, recipe, device);
   apply_run_control(o.t, tc, lc);
   const bool main_rank = setup_training(o.rt, tc, lc);
@@ -91,7 +131,11 @@ void run_classifier(const ClassifierOpts& o, bool finetune) {
                       {"eval_split", o.eval_split}, {"images", n_eval}, {"steps", res.steps},
                       {"seconds", res.seconds}, {"model", cfg.name}, {"final_loss", res.last_loss},
                       {"precision", train::to_string(tc.precision)}};
-  if (finetune) j["checkpoint"] = o.checkpoint;
+  if (finetune) {
+    j["checkpoint"] = o.checkpoint;
+    j["head_init"] = o.head_init;
+    if (head_probe_top1 >= 0) j["head_probe_train_top1"] = head_probe_top1;
+  }
   write_result(o.t.out, j);
   if (!o.t.no_tensorboard) io::write_scalars(o.t.out, res.steps, {{"eval/top1", acc}});
   std::printf("%s: top-1 %.2f%% on %s (%ld images); model: %s/model.safetensors\n", finetune ? "finetune" : "train",
@@ -110,6 +154,13 @@ void add_classifier_command(CLI::App& app, bool finetune) {
     sub->add_option("-c,--checkpoint", o->checkpoint, "model to fine-tune (.safetensors)")->required()->check(CLI::ExistingFile);
     sub->add_option("-a,--arch", o->arch, "preset, for checkpoints without their config in the metadata");
     sub->add_option("--layer-decay", o->layer_decay, "layer-wise lr decay (1: off)");
+    sub->add_option("--head-init", o->head_init,
+                    "the new classifier head: zero, or probe (a linear probe fitted on the frozen model's features "
+                    "first, so fine-tuning starts at the probe's accuracy: LP-FT)")
+        ->check(CLI::IsMember({"zero", "probe"}));
+    sub->add_option("--head-init-images", o->head_init_images,
+                    "training images the --head-init probe is fitted on, a fixed random subset (0: all)")
+        ->check(CLI::NonNegativeNumber);
   } else {
     sub->add_option("-a,--arch", o->arch, "model preset");
   }

@@ -78,7 +78,7 @@ for m in "${MODELS[@]}"; do
   stage "knn_$name" 0 "$BIN" knn -c "$ckpt" "${EVAL[@]}"
   stage "probe_$name" 0 "$BIN" probe -c "$ckpt" "${EVAL[@]}"
   if ((FT_EPOCHS)) && [[ $name == student_* ]]; then
-    stage "finetune_$name" 1 "$BIN" finetune -c "$ckpt" --pool mean -e "$FT_EPOCHS" -b 128 --lr 1e-3 --layer-decay 0.75 \
+    stage "finetune_$name" 1 "$BIN" finetune -c "$ckpt" --pool mean --head-init probe -e "$FT_EPOCHS" -b 128 --lr 1e-3 --layer-decay 0.75 \
       --checkpoint-every 200 "${COMMON[@]}"
   fi
 done

@@ -154,6 +154,13 @@ ProbeResult linear_probe(const FeatureSet& train, const FeatureSet& test, int64_
   return r;
 }
 
+std::pair<torch::Tensor, torch::Tensor> probe_as_linear(const ProbeResult& probe) {
+  torch::NoGradGuard ng;
+  // (x - mean) · whiten · weightᵀ + bias = x · (weight · whitenᵀ)ᵀ + (bias - (weight · whitenᵀ) · mean)
+  auto w = torch::mm(probe.weight, probe.whiten.t());
+  return {w, probe.bias - torch::mv(w, probe.mean)};
+}
+
 torch::Tensor probe_logits(const ProbeResult& probe, const torch::Tensor& features) {
   torch::NoGradGuard ng;
   return torch::addmm(probe.bias, torch::mm(features.to(torch::kFloat) - probe.mean, probe.whiten), probe.weight.t());

@@ -72,4 +72,9 @@ ProbeResult linear_probe(const FeatureSet& train, const FeatureSet& test, int64_
 // The probe's class scores [N,C] for features [N,D] (float32).
 torch::Tensor probe_logits(const ProbeResult& probe, const torch::Tensor& features);
 
+// The probe as one affine map of the raw features, its centring and whitening folded in:
+// features · weightᵀ + bias equals probe_logits(probe, features). A classifier head to start
+// fine-tuning from (weight [C,D], bias [C]).
+std::pair<torch::Tensor, torch::Tensor> probe_as_linear(const ProbeResult& probe);
+
 }  // namespace hd::eval

@@ -104,6 +104,18 @@ TEST(Pipeline, TeachersDistillAndEvaluate) {
           dir + "/ft_mean" + t);
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(hd::model::checkpoint_config(dir + "/ft_mean/model.safetensors").pool, hd::model::Pooling::Mean);
+  // --head-init probe: the head starts as a linear probe on the frozen features, so at a vanishing
+  // learning rate the model already classifies well above the zero head's chance level.
+  r = run("finetune -c " + dir + "/hybrid/student.safetensors --pool mean --head-init probe --head-init-images 1000 "
+          "--max-steps 1 -b 32 --lr 1e-12 --eval-limit 200 -o " + dir + "/ft_lp" + t);
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto lp_res = read_json(dir + "/ft_lp/result.json");
+  EXPECT_EQ(lp_res.at("head_init"), "probe");
+  EXPECT_GT(lp_res.at("head_probe_train_top1").get<double>(), 0.4) << lp_res.dump();
+  EXPECT_EQ(ft.at("head_init"), "zero");
+  const double lp = lp_res.at("top1").get<double>();
+  EXPECT_GT(lp, 0.4) << r.out;
+  EXPECT_GT(lp, ft.at("top1").get<double>() + 0.2);
   r = run("finetune -c " + dir + "/hybrid/student.safetensors --pool max -o " + dir + "/ft_max" + t);
   EXPECT_NE(r.code, 0);
   EXPECT_TRUE(contains(r.out, "--pool")) << r.out;

@@ -59,6 +59,17 @@ TEST(Probe, SeparatesLinearlySeparableCorrelatedFeatures) {
   // Deterministic for a seed.
   auto r2 = eval::linear_probe(tr, te, 3, pc);
   EXPECT_TRUE(torch::equal(r.weight, r2.weight));
+
+  // The probe folded into one affine map (a classifier head) gives the probe's scores, computed
+  // here in float64 from the probe's parts.
+  auto [w, b] = eval::probe_as_linear(r);
+  ASSERT_EQ(w.sizes(), (std::vector<int64_t>{3, 16}));
+  auto x = te.features.to(torch::kDouble);
+  auto ref = torch::mm(torch::mm(x - r.mean.to(torch::kDouble), r.whiten.to(torch::kDouble)),
+                       r.weight.to(torch::kDouble).t()) + r.bias.to(torch::kDouble);
+  auto got = torch::addmm(b, te.features, w.t()).to(torch::kDouble);
+  EXPECT_LT((got - ref).abs().max().item<double>(), 1e-3 * ref.abs().max().item<double>());
+  EXPECT_TRUE(torch::equal(got.argmax(1), eval::probe_logits(r, te.features).argmax(1)));
 }
 
 TEST(Features, FileRoundTripAndStaleKey) {
