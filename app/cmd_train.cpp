@@ -87,13 +87,13 @@ void run_classifier(const ClassifierOpts& o, bool finetune) {
     }
     if (o.head_init == "probe") {
       m->to(device);
-      const double acc = head_probe_top1 = init_head_from_probe(m, ds, o.head_init_images, o.t.batch, o.t.workers,
-                                                                  static_cast<uint64_t>(o.t.seed), device);
+      head_probe_top1 = init_head_from_probe(m, ds, o.head_init_images, o.t.batch, o.t.workers,
+                                             static_cast<uint64_t>(o.t.seed), device);
+      const int64_t all = static_cast<int64_t>(ds->size());
       if (!o.t.quiet)
         std::printf("head: a linear probe on %s training images' frozen features (train top-1 %.2f%%)\n",
-                    o.head_init_images > 0 ? with_commas(std::min<int64_t>(o.head_init_images, ds->size())).c_str()
-                                           : with_commas(ds->size()).c_str(),
-                    100 * acc);
+                    with_commas(o.head_init_images > 0 ? std::min(o.head_init_images, all) : all).c_str(),
+                    100 * head_probe_top1);
     }
   }
   train::ClassifyTask task(m, o.smoothing, finetune ? o.layer_decay : 1.0);

@@ -182,6 +182,11 @@ def welch(a, b):
     return d, d - t * se, d + t * se, p
 
 
+def welch_cell(w):
+    """A difference of means with its 95% interval and p-value, as the claims tables show it."""
+    return "–" if w is None else f"{w[0]:+.2f} [{w[1]:+.2f}, {w[2]:+.2f}], p = {w[3]:.3f}"
+
+
 def verdict(rel, w):
     if w is None:
         return "too few seeds"
@@ -291,7 +296,7 @@ def tables(runs, teachers, seeds):
             w = welch(values(runs[a], m), values(runs[b], m))
             if m == "dense_miou":
                 dense_w = w
-            cells.append("–" if w is None else f"{w[0]:+.2f} [{w[1]:+.2f}, {w[2]:+.2f}], p = {w[3]:.3f}")
+            cells.append(welch_cell(w))
         out.append(f"| {claim} | " + " | ".join(cells) + f" | {verdict(rel, dense_w)} |")
     out.append("")
     out += ["Fine-tuning (Table 1's ImageNet column): the same test on the fine-tuned top-1 accuracy.", "",
@@ -302,8 +307,7 @@ def tables(runs, teachers, seeds):
             out.append(f"| {claim} | – | not run yet |")
             continue
         w = welch(va, vb)
-        cell = "–" if w is None else f"{w[0]:+.2f} [{w[1]:+.2f}, {w[2]:+.2f}], p = {w[3]:.3f}"
-        out.append(f"| {claim} | {cell} | {verdict(rel, w)} |")
+        out.append(f"| {claim} | {welch_cell(w)} | {verdict(rel, w)} |")
     out.append("")
     diag = [(label, rec["diagnostics"]) for label, rec in diagnostics_sources(runs, teachers)]
     if diag:
