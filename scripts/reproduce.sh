@@ -154,8 +154,10 @@ for pass in 1 2; do
       distill_run "$name" "$seed" "$cached"
       student=$STAGE_DIR/student.safetensors
       if ((pass == 2)); then
+        # LP-FT from a probe head, without crops, label smoothing or stochastic depth: at one epoch
+        # these regularisers cost more than they give (see docs/RESULTS.md, fine-tuning).
         stage "$run/finetune" 1 "$BIN" finetune -c "$student" --pool mean --head-init probe -e 1 --max-steps "$FT_STEPS" -b 128 --lr 1e-3 \
-          --layer-decay 0.75 --warmup-epochs 0.1 --eval-limit 5000 -s "$seed" --checkpoint-every 100 "${COMMON[@]}"
+          --drop-path 0 --scale-min 1.0 --label-smoothing 0 --layer-decay 0.75 --warmup-epochs 0.1 --eval-limit 5000 -s "$seed" --checkpoint-every 100 "${COMMON[@]}"
         $PY "$ROOT/scripts/study_record.py" "$rec" --row "$name" --seed "$seed" "${SETTING[@]}" --update \
           --finetune "$OUT/$run/finetune"
         continue
