@@ -39,8 +39,10 @@ void add_eval_options(CLI::App* sub, EvalOpts& o) {
   sub->add_option("--test-split", o.test_split, "split top-1 is measured on");
   sub->add_option("--train-limit", o.train_limit, "use this many training images, a fixed random subset (0: all)");
   sub->add_option("--test-limit", o.test_limit, "use this many test images, a fixed random subset (0: all)");
-  sub->add_option("--pool", o.pool, "features: cls (CLS token) or mean (mean of the patch tokens)")
-      ->check(CLI::IsMember({"cls", "mean"}));
+  sub->add_option("--pool", o.pool,
+                  "features: cls (CLS token), mean (mean of the patch tokens) or head (the classifier's input: "
+                  "the model's own pooling and fc_norm)")
+      ->check(CLI::IsMember({"cls", "mean", "head"}));
   sub->add_option("-o,--out", o.out, "result folder (result.json)")->required();
   sub->add_option("--feature-cache", o.cache, "folder caching extracted features, keyed by checkpoint and options");
   sub->add_option("-b,--batch", o.batch, "batch size of the feature extraction");

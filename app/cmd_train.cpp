@@ -39,12 +39,7 @@ double init_head_from_probe(model::VisionTransformer& m, const std::shared_ptr<d
   auto lc = model_loader(cfg, false, batch, workers, seed);
   lc.shuffle = images > 0 && images < static_cast<int64_t>(ds->size());
   data::DataLoader loader(ds, lc);
-  std::vector<torch::Tensor> feats, labels;
-  eval::eval_batches(m, loader, images, [&](const torch::Tensor& x, const torch::Tensor& y) {
-    feats.push_back(m->forward_head(m->forward_features(x.to(device)), /*pre_logits=*/true).to(torch::kFloat).cpu());
-    labels.push_back(y);
-  });
-  eval::FeatureSet train{torch::cat(feats), torch::cat(labels)};
+  const auto train = eval::extract_features(m, loader, eval::Pool::Head, device, images);
   eval::ProbeConfig pc;
   pc.seed = seed;
   auto probe = eval::linear_probe(train, train, cfg.num_classes, pc);

@@ -13,10 +13,11 @@ namespace hd::eval {
 Pool parse_pool(const std::string& s) {
   if (s == "cls") return Pool::Cls;
   if (s == "mean") return Pool::Mean;
-  throw Error("pooling '" + s + "' is not one of: cls, mean");
+  if (s == "head") return Pool::Head;
+  throw Error("pooling '" + s + "' is not one of: cls, mean, head");
 }
 
-std::string to_string(Pool p) { return p == Pool::Cls ? "cls" : "mean"; }
+std::string to_string(Pool p) { return p == Pool::Cls ? "cls" : p == Pool::Mean ? "mean" : "head"; }
 
 void eval_batches(model::VisionTransformer& model, data::DataLoader& loader, int64_t limit,
                   const std::function<void(const torch::Tensor& images, const torch::Tensor& labels)>& fn) {
@@ -57,7 +58,9 @@ FeatureSet extract_features(model::VisionTransformer& model, data::DataLoader& l
   std::vector<torch::Tensor> feats, labels;
   eval_batches(model, loader, limit, [&](const torch::Tensor& images, const torch::Tensor& y) {
     auto tokens = model->forward_features(images.to(device));
-    auto f = pool == Pool::Cls ? tokens.select(1, 0) : tokens.slice(1, prefix).mean(1);
+    auto f = pool == Pool::Head  ? model->forward_head(tokens, /*pre_logits=*/true)
+             : pool == Pool::Cls ? tokens.select(1, 0)
+                                 : tokens.slice(1, prefix).mean(1);
     feats.push_back(f.to(torch::kFloat).cpu());
     labels.push_back(y);
   });

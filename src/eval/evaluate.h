@@ -13,8 +13,11 @@
 
 namespace hd::eval {
 
-enum class Pool { Cls, Mean };
-Pool parse_pool(const std::string& s);  // "cls" | "mean"
+// What a feature vector is: the CLS token or the mean of the patch tokens after the final norm,
+// or the classifier's input (the model's own pooling, then its fc_norm where it has one: what
+// its head reads, the features of a fine-tuned timm model with global_pool='avg').
+enum class Pool { Cls, Mean, Head };
+Pool parse_pool(const std::string& s);  // "cls" | "mean" | "head"
 std::string to_string(Pool p);
 
 struct FeatureSet {
@@ -27,8 +30,7 @@ struct FeatureSet {
 void eval_batches(model::VisionTransformer& model, data::DataLoader& loader, int64_t limit,
                   const std::function<void(const torch::Tensor& images, const torch::Tensor& labels)>& fn);
 
-// Features after the final norm, pooled (CLS token or mean of the patch tokens), for the images
-// of `loader`'s epoch 0, at most `limit` of them (0: all). Eval mode, no gradients.
+// Pooled features (see Pool), as float32 on the CPU, for the images of `loader`'s epoch 0, at most `limit` of them (0: all). Eval mode, no gradients.
 FeatureSet extract_features(model::VisionTransformer& model, data::DataLoader& loader, Pool pool,
                             const c10::Device& device, int64_t limit = 0);
 

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 
+#include "data/data_test_util.h"
 #include "data/dataset.h"
 #include "eval/evaluate.h"
 #include "train/classify.h"
@@ -83,6 +84,45 @@ TEST(Features, FileRoundTripAndStaleKey) {
   EXPECT_FALSE(eval::load_features(path, "key-b", g));  // options changed: extract again
   EXPECT_FALSE(eval::load_features(path + ".absent", "key-a", g));
   fs::remove(path);
+}
+
+// Pool::Head gives what the classifier reads: the head applied to those features reproduces the
+// model's logits, with and without fc_norm; without fc_norm (and mean pooling) it is Pool::Mean.
+TEST(Features, HeadPoolIsWhatTheClassifierReads) {
+  for (bool fc_norm : {false, true}) {
+    auto cfg = model::preset("vit_mini_patch4_28");
+    cfg.depth = 1;
+    cfg.embed_dim = 32;
+    cfg.num_classes = 3;
+    cfg.pool = model::Pooling::Mean;
+    cfg.fc_norm = fc_norm;
+    torch::manual_seed(0);
+    model::VisionTransformer m(cfg);
+    {
+      torch::NoGradGuard ng;  // a non-trivial fc_norm affine and head (both start as identity / zero)
+      for (auto& p : m->named_parameters())
+        if (p.key().rfind("fc_norm.", 0) == 0 || p.key().rfind("head.", 0) == 0) p.value().uniform_(-1, 2);
+    }
+    auto ds = std::make_shared<data::testing::SyntheticDataset>(10, 1, 12, 12, 3);
+    data::LoaderConfig lc;
+    lc.batch_size = 4;
+    lc.num_workers = 0;
+    lc.shuffle = false;
+    lc.drop_last = false;
+    lc.transform = train::model_transform(cfg, false);
+    data::DataLoader loader(ds, lc);
+    auto head = eval::extract_features(m, loader, eval::Pool::Head, torch::kCPU);
+    auto mean = eval::extract_features(m, loader, eval::Pool::Mean, torch::kCPU);
+    std::vector<torch::Tensor> logits;
+    eval::eval_batches(m, loader, 0, [&](const torch::Tensor& x, const torch::Tensor&) { logits.push_back(m->forward(x)); });
+    ASSERT_EQ(head.features.sizes(), (std::vector<int64_t>{10, 32}));
+    auto from_head = torch::addmm(m->head->bias, head.features, m->head->weight.t()).detach();
+    EXPECT_TRUE(torch::allclose(from_head, torch::cat(logits), 1e-4, 1e-5)) << "fc_norm " << fc_norm;
+    EXPECT_EQ(torch::allclose(head.features, mean.features, 1e-4, 1e-5), !fc_norm) << "fc_norm " << fc_norm;
+  }
+  EXPECT_EQ(eval::parse_pool("head"), eval::Pool::Head);
+  EXPECT_EQ(eval::to_string(eval::Pool::Head), "head");
+  EXPECT_THROW(eval::parse_pool("max"), Error);
 }
 
 TEST(Classify, LearnsFashionMnistWellAboveChance) {
