@@ -79,7 +79,7 @@ for m in "${MODELS[@]}"; do
   stage "probe_$name" 0 "$BIN" probe -c "$ckpt" "${EVAL[@]}"
   if ((FT_EPOCHS)) && [[ $name == student_* ]]; then
     stage "finetune_$name" 1 "$BIN" finetune -c "$ckpt" --pool mean --head-init probe -e "$FT_EPOCHS" -b 128 --lr 1e-3 --layer-decay 0.75 \
-      --drop-path 0 --scale-min 1.0 --label-smoothing 0 --checkpoint-every 200 "${COMMON[@]}"
+      --checkpoint-every 200 "${COMMON[@]}"
   fi
 done
 
