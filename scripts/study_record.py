@@ -12,6 +12,9 @@ usage: study_record.py DEST --row NAME --seed K [--recipe FILE] [--distill DIR] 
 A stage folder holds the command's result.json (distill: metrics.jsonl and recipe.yaml).
 The record is written atomically; a missing or unreadable stage is an error naming it.
 --update keeps what an existing record has and adds or replaces what the given stages measure.
+Fine-tuning, a later pass that may run on another machine or build, keeps its own provenance in
+the record's "finetune" section (build, CPU, precision, wall-clock, options); the record's top-level
+build, CPU and precision stay those of the distillation and its evaluations.
 --check exits 0 when DEST is a record of the same setting that has every --need metric (the
 run can be skipped), 1 otherwise.
 """
@@ -54,6 +57,27 @@ def cpu_model():
     model = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name")), "unknown")
     flags = next((l for l in text.splitlines() if l.startswith("flags")), "")
     return model + (" (avx512_bf16)" if "avx512_bf16" in flags.split() else " (no native bf16)")
+
+
+def finetune_summary(j):
+    """The fine-tuning's own provenance: its build, CPU, precision, wall-clock, head start and
+    options (its command without the binary, the input and the output folder)."""
+    s = {"cpu": cpu_model()}
+    for k in ("build", "precision", "seconds", "steps", "images", "final_loss", "head_init", "head_probe_train_top1"):
+        if k in j:
+            s[k] = j[k]
+    words = j.get("command", "").split()[2:]
+    opts, skip = [], False
+    for w in words:
+        if skip:
+            skip = False
+        elif w in ("-c", "--checkpoint", "-o", "--out"):
+            skip = True
+        else:
+            opts.append(w)
+    if opts:
+        s["options"] = " ".join(opts)
+    return s
 
 
 def distill_summary(d):
@@ -149,6 +173,9 @@ def main():
             m[dst] = 100.0 * j[src]
         if stage == "dense" and "iou" in j:
             rec["dense_iou_per_class"] = j["iou"]
+        if stage == "finetune":
+            rec["finetune"] = finetune_summary(j)
+            continue
         build = build or j.get("build")
         if j.get("precision") and "precision" not in rec:
             rec["precision"] = j["precision"]

@@ -71,7 +71,11 @@ class StudyRecord(unittest.TestCase):
             self.assertEqual(check("--setting", "steps=600"), 1)
             self.assertEqual(subprocess.run([sys.executable, SCRIPT, f"{d}/none.json", "--check"]).returncode, 1)
             # --update adds a stage's metric and keeps the rest; another setting is refused.
-            write(f"{d}/finetune/result.json", {"top1": 0.91})
+            # Fine-tuning keeps its own provenance; the record's build stays the distillation's.
+            ft_build = {"commit": "def", "version": "0.1.0"}
+            write(f"{d}/finetune/result.json", {
+                "top1": 0.91, "build": ft_build, "precision": "bf16", "seconds": 448.7, "head_init": "probe",
+                "command": "/x/hybrid-distill finetune -c /x/student.safetensors --pool mean --lr 1e-3 -o /x/ft -t 0"})
             r = subprocess.run([sys.executable, SCRIPT, dest, "--row", "r", "--seed", "2", "--setting", "steps=300",
                                 "--update", "--finetune", f"{d}/finetune"], stderr=subprocess.PIPE, text=True)
             self.assertEqual(r.returncode, 0, r.stderr)
@@ -80,6 +84,14 @@ class StudyRecord(unittest.TestCase):
             self.assertAlmostEqual(up["metrics"]["finetune"], 91.0)
             self.assertAlmostEqual(up["metrics"]["dense_miou"], 70.0)
             self.assertEqual(up["distill"], rec["distill"])
+            self.assertEqual(up["build"], build)
+            self.assertEqual(up["precision"], "fp32")
+            self.assertEqual(up["finetune"]["build"], ft_build)
+            self.assertEqual(up["finetune"]["precision"], "bf16")
+            self.assertEqual(up["finetune"]["head_init"], "probe")
+            self.assertAlmostEqual(up["finetune"]["seconds"], 448.7)
+            self.assertTrue(up["finetune"]["cpu"])
+            self.assertEqual(up["finetune"]["options"], "--pool mean --lr 1e-3 -t 0")
             self.assertEqual(check("--setting", "steps=300", "--need", "finetune"), 0)
             r = subprocess.run([sys.executable, SCRIPT, dest, "--row", "r", "--seed", "2", "--setting", "steps=9",
                                 "--update", "--finetune", f"{d}/finetune"], stderr=subprocess.PIPE, text=True)
