@@ -30,7 +30,8 @@ struct FeatureSet {
 void eval_batches(model::VisionTransformer& model, data::DataLoader& loader, int64_t limit,
                   const std::function<void(const torch::Tensor& images, const torch::Tensor& labels)>& fn);
 
-// Pooled features (see Pool), as float32 on the CPU, for the images of `loader`'s epoch 0, at most `limit` of them (0: all). Eval mode, no gradients.
+// Pooled features (see Pool), as float32 on the CPU, for the images of `loader`'s epoch 0, at
+// most `limit` of them (0: all). Eval mode, no gradients.
 FeatureSet extract_features(model::VisionTransformer& model, data::DataLoader& loader, Pool pool,
                             const c10::Device& device, int64_t limit = 0);
 

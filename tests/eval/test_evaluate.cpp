@@ -114,7 +114,8 @@ TEST(Features, HeadPoolIsWhatTheClassifierReads) {
     auto head = eval::extract_features(m, loader, eval::Pool::Head, torch::kCPU);
     auto mean = eval::extract_features(m, loader, eval::Pool::Mean, torch::kCPU);
     std::vector<torch::Tensor> logits;
-    eval::eval_batches(m, loader, 0, [&](const torch::Tensor& x, const torch::Tensor&) { logits.push_back(m->forward(x)); });
+    eval::eval_batches(m, loader, 0,
+                       [&](const torch::Tensor& x, const torch::Tensor&) { logits.push_back(m->forward(x)); });
     ASSERT_EQ(head.features.sizes(), (std::vector<int64_t>{10, 32}));
     auto from_head = torch::addmm(m->head->bias, head.features, m->head->weight.t()).detach();
     EXPECT_TRUE(torch::allclose(from_head, torch::cat(logits), 1e-4, 1e-5)) << "fc_norm " << fc_norm;
